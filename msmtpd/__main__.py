@@ -1,0 +1,5 @@
+"""Allow ``python -m msmtpd``."""
+
+from msmtpd.cli import main
+
+raise SystemExit(main())

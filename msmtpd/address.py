@@ -1,0 +1,117 @@
+"""Parsing of MAIL FROM / RCPT TO paths (RFC 5321 section 4.1.2, with the
+UTF-8 extensions of RFC 6531 when SMTPUTF8 is in play).
+
+The parser accepts what RFC 5321 allows, plus an unqualified local part
+(``<root>``) because local programs send those, and refuses anything a
+delivery command could mistake for an option or that could not be a real
+address: a leading ``-``, control characters, over-long parts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional
+
+# RFC 5321 section 4.5.3.1.1: local part at most 64 octets.
+MAX_LOCAL_PART = 64
+# RFC 5321 section 4.5.3.1.2: domain at most 255 octets.
+MAX_DOMAIN = 255
+# RFC 5321 section 4.5.3.1.3: path at most 256 octets including the brackets.
+MAX_PATH = 256
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_UTF8 = r"\u0080-\U0010ffff"
+_DOT_STRING = r"[{a}]+(?:\.[{a}]+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{u}]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9{u}](?:[A-Za-z0-9\-{u}]*[A-Za-z0-9{u}])?"
+_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+
+
+def _mailbox_re(utf8: bool) -> re.Pattern[str]:
+    u = _UTF8 if utf8 else ""
+    local = f"(?:{_DOT_STRING.format(a=_ATEXT + u)}|{_QUOTED.format(u=u)})"
+    label = _LABEL.format(u=u)
+    domain = rf"(?:{label}(?:\.{label})*|{_LITERAL})"
+    return re.compile(rf"(?P<local>{local})(?:@(?P<domain>{domain}))?")
+
+
+_MAILBOX = {False: _mailbox_re(False), True: _mailbox_re(True)}
+# RFC 5321 section 4.1.2: A-d-l, a source route to be accepted and ignored.
+_SOURCE_ROUTE = re.compile(r"@[^,:]+(?:,@[^,:]+)*:")
+
+
+class AddressError(ValueError):
+    """The path is unacceptable; ``str()`` says why, ``policy`` tells a
+    refusal (553) from a syntax error (501)."""
+
+    def __init__(self, reason: str, policy: bool = False, needs_utf8: bool = False) -> None:
+        super().__init__(reason)
+        self.policy = policy
+        self.needs_utf8 = needs_utf8
+
+
+class Path(NamedTuple):
+    address: str  # "" for the null path <>
+
+    @property
+    def is_null(self) -> bool:
+        return not self.address
+
+
+def split_path(argument: str) -> tuple[str, str]:
+    """Split ``<path> params`` (or a bare path) into the path and the
+    parameter text."""
+    argument = argument.lstrip()
+    if argument.startswith("<"):
+        end = _closing_bracket(argument)
+        if end < 0:
+            raise AddressError("missing '>'")
+        return argument[: end + 1], argument[end + 1 :].strip()
+    path, _, params = argument.partition(" ")
+    return path, params.strip()
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the '>' closing the path, skipping quoted strings."""
+    quoted = escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return index
+    return -1
+
+
+def parse_path(path: str, utf8: bool, allow_null: bool) -> Path:
+    """Validate one path as given in MAIL FROM or RCPT TO."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise AddressError("control characters are not allowed")
+    if len(path.encode("utf-8")) > MAX_PATH:
+        raise AddressError(f"path longer than {MAX_PATH} octets")
+    inner = path[1:-1] if path.startswith("<") and path.endswith(">") else path
+    if not inner:
+        if allow_null and path == "<>":
+            return Path("")
+        raise AddressError("empty address")
+    route = _SOURCE_ROUTE.match(inner)
+    if route:
+        inner = inner[route.end() :]
+    if inner.startswith("-"):
+        raise AddressError("an address must not begin with '-'", policy=True)
+    if not utf8 and not inner.isascii():
+        if _MAILBOX[True].fullmatch(inner):
+            raise AddressError("non-ASCII address without SMTPUTF8", needs_utf8=True)
+        raise AddressError("not a valid mailbox")
+    match = _MAILBOX[utf8].fullmatch(inner)
+    if not match:
+        raise AddressError("not a valid mailbox")
+    if len(match.group("local").encode("utf-8")) > MAX_LOCAL_PART:
+        raise AddressError(f"local part longer than {MAX_LOCAL_PART} octets")
+    domain: Optional[str] = match.group("domain")
+    if domain is not None and len(domain.encode("utf-8")) > MAX_DOMAIN:
+        raise AddressError(f"domain longer than {MAX_DOMAIN} octets")
+    return Path(inner)

@@ -1,0 +1,140 @@
+"""``--auth``: getting the password at start-up, checking credentials, and
+the brute-force delay.
+
+The password is obtained before binding, daemonising or dropping
+privileges, so every failure reaches the terminal.  It is never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from msmtpd.config import ConfigError
+
+# After a failure, every AUTH answer is delayed this long ...
+FAILURE_DELAY = 1.0
+# ... for this long after the latest failure.
+FAILURE_WINDOW = 60.0
+# Attributes of the libsecret item, as secret-tool and msmtp use them.
+KEYRING_HOST = "localhost"
+KEYRING_SERVICE = "smtp"
+# Service name for keyring's other backends (macOS Keychain, KWallet, ...).
+KEYRING_FALLBACK_SERVICE = "msmtpd"
+
+
+def password_from_eval(command: str) -> str:
+    """The first line of ``command``'s output, as msmtp's passwordeval."""
+    try:
+        result = subprocess.run(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=False)
+    except OSError as exc:
+        raise ConfigError(f"cannot run the passwordeval command: {exc.strerror}") from None
+    if result.returncode != 0:
+        raise ConfigError(f"the passwordeval command failed with exit status {result.returncode}")
+    first = result.stdout.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first:
+        raise ConfigError("the passwordeval command printed no password")
+    return first.decode("utf-8", "replace")
+
+
+def password_from_libsecret(user: str) -> Optional[str]:
+    """The secret stored with ``secret-tool store ... host localhost service smtp user USER``."""
+    try:
+        import secretstorage  # comes with keyring on Linux
+    except ImportError:
+        return None
+    try:
+        connection = secretstorage.dbus_init()
+        try:
+            items = secretstorage.search_items(
+                connection, {"host": KEYRING_HOST, "service": KEYRING_SERVICE, "user": user})
+            for item in items:
+                if item.is_locked():
+                    item.unlock()
+                secret: bytes = item.get_secret()
+                return secret.decode("utf-8")
+        finally:
+            connection.close()
+    except Exception:  # no D-Bus session, no secret service, locked: try the next source
+        return None
+    return None
+
+
+def password_from_keyring(user: str) -> Optional[str]:
+    try:
+        import keyring
+        import keyring.errors
+
+        value: Optional[str] = keyring.get_password(KEYRING_FALLBACK_SERVICE, user)
+        return value
+    except Exception:  # keyring raises many kinds when no backend works
+        return None
+
+
+def password_from_prompt(user: str) -> Optional[str]:
+    if not sys.stdin.isatty():
+        return None
+    import getpass
+
+    try:
+        return getpass.getpass(f"password for {user} at {KEYRING_HOST}: ")
+    except (EOFError, KeyboardInterrupt):
+        return None
+
+
+def obtain_password(user: str, passwordeval: Optional[str]) -> str:
+    if passwordeval is not None:
+        return password_from_eval(passwordeval)
+    sources: tuple[Callable[[str], Optional[str]], ...] = (
+        password_from_libsecret, password_from_keyring, password_from_prompt)
+    for source in sources:
+        password = source(user)
+        if password:
+            return password
+    raise ConfigError(f"cannot get password for ({KEYRING_HOST}, {KEYRING_SERVICE}, {user})")
+
+
+class FailureClock:
+    """When the latest authentication failure happened.
+
+    ``shared`` is a ``multiprocessing.Value('d')`` created before the
+    workers fork, so one failure delays AUTH in every worker; without one
+    (``--inetd``, where nothing is shared) every AUTH answer is delayed.
+    """
+
+    def __init__(self, shared: Any = None) -> None:
+        self._shared = shared
+
+    def record(self) -> None:
+        if self._shared is not None:
+            self._shared.value = time.time()
+
+    def must_delay(self) -> bool:
+        if self._shared is None:
+            return True
+        return bool(time.time() - self._shared.value < FAILURE_WINDOW)
+
+
+class PasswordCheck:
+    """The session's Authenticator for one user name and password."""
+
+    def __init__(self, user: str, password: str, clock: FailureClock) -> None:
+        self._user = user.encode("utf-8")
+        self._password = password.encode("utf-8")
+        self._clock = clock
+
+    def check(self, user: str, password: str) -> bool:
+        user_ok = hmac.compare_digest(user.encode("utf-8"), self._user)
+        password_ok = hmac.compare_digest(password.encode("utf-8"), self._password)
+        return user_ok and password_ok
+
+    def wait(self) -> None:
+        if self._clock.must_delay():
+            time.sleep(FAILURE_DELAY)
+
+    def failed(self) -> None:
+        self._clock.record()

@@ -1,0 +1,195 @@
+"""Running the pipe command for one mail, and turning its end into a reply.
+
+This is the only module that starts the delivery command.  The sender
+replaces the first ``%F``; the recipients are appended as arguments, in
+order.  A command without shell syntax is executed directly; one with
+shell syntax runs under ``/bin/sh -c`` with the sender as a quoted word and
+the recipients as ``"$@"``, so no address is ever interpreted by a shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
+
+from msmtpd import replies
+from msmtpd.replies import Reply
+
+if TYPE_CHECKING:
+    from msmtpd.message import Spool
+    from msmtpd.session import Envelope
+
+log = logging.getLogger("msmtpd")
+
+DEFAULT_COMMAND = "msmtp -f %F --"
+NULL_SENDER = "MAILER-DAEMON"
+
+# sysexits.h codes that mean "try again later": EX_NOHOST, EX_UNAVAILABLE,
+# EX_OSERR, EX_TEMPFAIL.
+TEMPORARY_STATUSES = {68: "EX_NOHOST", 69: "EX_UNAVAILABLE", 71: "EX_OSERR", 75: "EX_TEMPFAIL"}
+# How much of the command's standard error is kept for the log.
+STDERR_KEEP = 4096
+STDERR_LOG_LINES = 3
+# Characters that only mean something to a shell; any of them sends the
+# command through /bin/sh.
+SHELL_SIGNALLED = 128
+SHELL_SYNTAX = frozenset(";&|<>()$`\\\"'*?[]{}~#!\n")
+
+
+class Outcome(NamedTuple):
+    """What became of one delivery: the SMTP reply and what to log."""
+
+    reply: Reply
+    status: str  # "exit status 0", "signal 9", "timeout after 300 s", ...
+    stderr: str
+    seconds: float
+
+    @property
+    def delivered(self) -> bool:
+        return self.reply.code == 250
+
+
+def needs_shell(command: str) -> bool:
+    if any(char in SHELL_SYNTAX for char in command):
+        return True
+    words = command.split()
+    return bool(words) and "=" in words[0]  # VAR=value command
+
+
+class PipeCommand:
+    """The configured command, parsed once at start-up."""
+
+    def __init__(self, template: str = DEFAULT_COMMAND) -> None:
+        if not template.strip():
+            raise ValueError("the command is empty")
+        self.template = template
+        self.shell = needs_shell(template)
+        self._words = [] if self.shell else template.split()
+
+    def argv(self, sender: str, recipients: Sequence[str]) -> list[str]:
+        sender = sender or NULL_SENDER
+        if self.shell:
+            script = self.template.replace("%F", shlex.quote(sender), 1) + ' "$@"'
+            return ["/bin/sh", "-c", script, "msmtpd", *recipients]
+        words = list(self._words)
+        for index, word in enumerate(words):
+            if "%F" in word:
+                words[index] = word.replace("%F", sender, 1)
+                break
+        return [*words, *recipients]
+
+
+def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
+            message: bytes | int, timeout: Optional[float]) -> Outcome:
+    """Run ``command`` with ``message`` (bytes, or a file descriptor at the
+    start of the message) on its standard input and wait for it, at most
+    ``timeout`` seconds.  Its standard output is discarded; its standard
+    error is kept for the log."""
+    started = time.monotonic()
+    argv = command.argv(sender, recipients)
+    feed = isinstance(message, bytes)
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=message if isinstance(message, int) else subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a process group of its own, to kill as a whole
+        )
+    except OSError as exc:
+        why = f"cannot run {argv[0]}: {exc.strerror}"
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, "", time.monotonic() - started)
+    try:
+        _, err = process.communicate(message if feed else None, timeout=timeout)  # type: ignore[arg-type]
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        err = _drain(process)
+        why = f"command timed out after {timeout:g} s"
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(err), time.monotonic() - started)
+    except BaseException:
+        _kill_group(process)
+        _drain(process)
+        raise
+    returncode = process.returncode
+    if command.shell and SHELL_SIGNALLED < returncode < SHELL_SIGNALLED + signal.NSIG:
+        returncode = SHELL_SIGNALLED - returncode  # /bin/sh reports a killed child as 128+n
+    return _judge(returncode, _text(err), time.monotonic() - started)
+
+
+def _judge(returncode: int, stderr: str, seconds: float) -> Outcome:
+    """Map the command's end to a reply: 0 is delivered, a signal or a
+    sysexits temporary code is 451, anything else 554."""
+    if returncode == 0:
+        return Outcome(replies.DELIVERED, "exit status 0", stderr, seconds)
+    if returncode < 0:
+        name = _signal_name(-returncode)
+        why = f"command killed by signal {-returncode} ({name})"
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, stderr, seconds)
+    if returncode in TEMPORARY_STATUSES:
+        why = f"command exit status {returncode} ({TEMPORARY_STATUSES[returncode]})"
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, stderr, seconds)
+    why = f"command exit status {returncode}"
+    return Outcome(replies.DELIVERY_FAILED.format(why=why), why, stderr, seconds)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _drain(process: subprocess.Popen[bytes]) -> bytes:
+    """Reap a killed command; a descendant that escaped its process group
+    may hold stderr open, so do not wait for that pipe for long."""
+    try:
+        _, err = process.communicate(timeout=1)
+        return err or b""
+    except subprocess.TimeoutExpired:
+        if process.stderr is not None:
+            process.stderr.close()
+        process.wait()
+        return b""
+
+
+def _text(err: Optional[bytes]) -> str:
+    return (err or b"")[:STDERR_KEEP].decode("utf-8", "replace")
+
+
+def summarise_stderr(stderr: str) -> str:
+    """The first lines of the command's standard error, for one log line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return " | ".join(lines[:STDERR_LOG_LINES])
+
+
+class Deliverer:
+    """The session's delivery hook: runs the command and logs the result."""
+
+    def __init__(self, command: PipeCommand, timeout: Optional[float], peer: str = "") -> None:
+        self.command = command
+        self.timeout = timeout
+        self.peer = peer
+
+    def __call__(self, envelope: Envelope, spool: Spool) -> Reply:
+        outcome = deliver(self.command, envelope.sender, envelope.recipients,
+                          spool.contents(), self.timeout)
+        level = logging.INFO if outcome.delivered else logging.ERROR
+        detail = summarise_stderr(outcome.stderr)
+        log.log(level, "%s: mail from <%s> to %s, %d octets: %s, %s in %.3f s%s",
+                self.peer or "client", envelope.sender,
+                ", ".join(f"<{r}>" for r in envelope.recipients), spool.size,
+                "delivered" if outcome.delivered else f"{outcome.reply.code} not delivered",
+                outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "")
+        return outcome.reply

@@ -1,0 +1,49 @@
+"""Binding the listening sockets, before anything else can fail late."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import List
+
+from msmtpd.config import ConfigError
+
+# Connections beyond the busy workers wait in the kernel's queue.
+BACKLOG = 128
+
+
+def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:
+    sockets: List[socket.socket] = []
+    try:
+        for interface in interfaces:
+            sockets.append(_bind(interface, port))
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind(interface: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ipaddress.ip_address(interface).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((interface, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)  # a worker that loses the accept race goes back to waiting
+    except OSError as exc:
+        sock.close()
+        where = f"[{interface}]" if family == socket.AF_INET6 else interface
+        raise ConfigError(f"cannot listen on {where} port {port}: {exc.strerror}") from None
+    return sock
+
+
+def describe(sockets: List[socket.socket]) -> str:
+    names = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        names.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
+    return " ".join(names)

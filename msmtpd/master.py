@@ -1,0 +1,334 @@
+"""The master process: binds, (optionally) daemonises, forks a bounded pool
+of workers and supervises them.
+
+Signal handlers only queue the signal; the main loop dispatches
+``handle_<signal>``.  Dead workers are reaped with ``waitpid(-1, WNOHANG)``
+in a loop and replaced, with a back-off when they die right after start; a
+worker that cannot start at all halts the master.  Shutdown is staged:
+stop accepting, SIGTERM each worker once, wait, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from msmtpd.config import Config, ConfigError
+from msmtpd.listen import bind_all, describe
+from msmtpd.pidfile import PidFile
+from msmtpd.service import Service, prepare
+from msmtpd.worker import EXIT_BOOT_ERROR, Worker, _title
+
+log = logging.getLogger("msmtpd")
+
+# A worker that dies sooner than this after its start counts as a boot failure ...
+BOOT_GRACE_SECONDS = 1.0
+# ... and its replacement waits 0.1 s, 0.2 s, 0.4 s ... up to this long.
+MAX_RESPAWN_DELAY = 10.0
+# How long the workers may take to report that they are up.
+BOOT_TIMEOUT = 30.0
+# Time granted after SIGKILL for the kernel to let the workers go.
+KILL_WAIT = 5.0
+
+SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
+                signal.SIGCHLD: "chld"}
+
+
+class Halt(Exception):
+    """The master must stop; ``str()`` is the reason and ``code`` the exit status."""
+
+    def __init__(self, reason: str, code: int = EXIT_BOOT_ERROR) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Master:
+    def __init__(self, service: Service, sockets: List[socket.socket],
+                 pidfile: Optional[PidFile], ready_fd: Optional[int] = None) -> None:
+        self.service = service
+        self.config: Config = service.config
+        self.sockets = sockets
+        self.pidfile = pidfile
+        self.ready_fd = ready_fd
+        self.workers: Dict[int, float] = {}  # pid -> start time
+        self.signal_queue: List[int] = []
+        self.fast_deaths = 0
+        self.next_spawn = 0.0
+        self.stopping = False
+        self.status_r, self.status_w = os.pipe()
+        os.set_blocking(self.status_r, False)
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        self.status_buffer = b""
+        self.booted: set[int] = set()
+
+    # -- life cycle -------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        if self.pidfile is not None:
+            self.pidfile.write(os.getpid())
+        _title(f"master {describe(self.sockets)}")
+        try:
+            gc.collect()
+            gc.freeze()  # keep the pages the workers inherit shared
+            self._spawn_missing()
+            self._wait_for_boot()
+            self._notify_ready("ready")
+            log.info("listening on %s with %d workers", describe(self.sockets),
+                     self.config.max_sessions)
+            while True:
+                self._loop_once()
+        except Halt as halt:
+            message = str(halt)
+            if message:
+                log.error("%s", message)
+                self._notify_ready(f"error {message}")
+                if self.ready_fd is None and halt.code:
+                    sys.stderr.write(f"msmtpd: {message}\n")
+            self._stop_workers(graceful=False)
+            return halt.code
+        finally:
+            if self.pidfile is not None:
+                self.pidfile.remove()
+
+    def _loop_once(self) -> None:
+        if self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+            return
+        self._sleep(1.0)
+        self._read_status()
+        self.reap()
+        self._spawn_missing()
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        for signum in SIGNAL_NAMES:
+            signal.signal(signum, self._queue_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        # Only record the signal; the main loop does the work.
+        if len(self.signal_queue) < 10:
+            self.signal_queue.append(signum)
+
+    def _sleep(self, seconds: float) -> None:
+        try:
+            ready, _, _ = select.select([self.wake_r, self.status_r], [], [], seconds)
+        except InterruptedError:
+            return
+        if self.wake_r in ready:
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # -- signals ----------------------------------------------------------
+
+    def handle_chld(self) -> None:
+        self.reap()
+
+    def handle_hup(self) -> None:
+        from msmtpd import logs
+
+        log.info("reopening the log")
+        logs.reopen()
+        _hand_log_to_user(self.config)
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGHUP)
+
+    def handle_term(self) -> None:
+        log.info("stopping: letting running sessions finish")
+        self._stop_workers(graceful=True)
+        raise Halt("", 0)
+
+    handle_int = handle_term
+
+    # -- workers ----------------------------------------------------------
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            started = self.workers.pop(pid, None)
+            if started is None:
+                continue
+            self.booted.discard(pid)
+            if self.stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code == EXIT_BOOT_ERROR:
+                self._read_status()
+                raise Halt(f"worker {pid} could not start")
+            how = f"exit status {code}" if code >= 0 else f"signal {-code}"
+            log.error("worker %d died (%s); replacing it", pid, how)
+            if time.monotonic() - started < BOOT_GRACE_SECONDS:
+                self.fast_deaths += 1
+                delay = min(0.1 * 2 ** (self.fast_deaths - 1), MAX_RESPAWN_DELAY)
+                self.next_spawn = time.monotonic() + delay
+            else:
+                self.fast_deaths = 0
+
+    def _spawn_missing(self) -> None:
+        if self.stopping or time.monotonic() < self.next_spawn:
+            return
+        while len(self.workers) < self.config.max_sessions:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = time.monotonic()
+            return
+        try:
+            signal.set_wakeup_fd(-1)
+            for fd in (self.wake_r, self.wake_w, self.status_r):
+                os.close(fd)
+            if self.ready_fd is not None:
+                os.close(self.ready_fd)
+            if self.pidfile is not None and self.pidfile.fd is not None:
+                os.close(self.pidfile.fd)
+            Worker(self.service, self.sockets, os.getppid(), self.status_w,
+                   self.config.user).run()
+        finally:
+            os._exit(EXIT_BOOT_ERROR)
+
+    def _read_status(self) -> None:
+        """Workers report ``ready PID`` or ``error PID why`` on the status pipe."""
+        try:
+            while True:
+                chunk = os.read(self.status_r, 4096)
+                if not chunk:
+                    break
+                self.status_buffer += chunk
+        except BlockingIOError:
+            pass
+        while b"\n" in self.status_buffer:
+            line, self.status_buffer = self.status_buffer.split(b"\n", 1)
+            kind, _, rest = line.decode("utf-8", "replace").partition(" ")
+            pid_text, _, why = rest.partition(" ")
+            if kind == "error":
+                raise Halt(why or f"worker {pid_text} could not start")
+            if kind == "ready" and pid_text.isdigit():
+                self.booted.add(int(pid_text))
+
+    def _wait_for_boot(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while len(self.booted) < self.config.max_sessions:
+            if time.monotonic() > deadline:
+                raise Halt("workers did not start in time")
+            self._sleep(0.05)
+            self._read_status()
+            if self.signal_queue:
+                signum = self.signal_queue.pop(0)
+                getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+
+    def _stop_workers(self, graceful: bool) -> None:
+        """Stop accepting, SIGTERM each worker once, wait, then SIGKILL."""
+        self.stopping = True
+        for sock in self.sockets:
+            sock.close()
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGTERM)
+        grace = self.config.timeout if graceful else 1.0
+        deadline = time.monotonic() + grace
+        while self.workers and time.monotonic() < deadline:
+            self._sleep(0.05)
+            self.reap()
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT
+        while self.workers and time.monotonic() < deadline:
+            self._sleep(0.05)
+            self.reap()
+
+    def _notify_ready(self, message: str) -> None:
+        if self.ready_fd is None:
+            return
+        try:
+            os.write(self.ready_fd, (message + "\n").encode("utf-8", "replace"))
+            os.close(self.ready_fd)
+        except OSError:
+            pass
+        self.ready_fd = None
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _hand_log_to_user(config: Config) -> None:
+    """A log file created by root must stay writable for the workers."""
+    if config.user is None or config.log in ("none", "syslog", "-") or os.getuid() != 0:
+        return
+    import grp
+    import pwd
+
+    user, _, group = config.user.partition(":")
+    entry = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    try:
+        os.chown(config.log, entry.pw_uid, gid)
+    except OSError:
+        pass
+
+
+def _check_user(spec: Optional[str]) -> None:
+    if spec is None:
+        return
+    import grp
+    import pwd
+
+    user, _, group = spec.partition(":")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"invalid --user: no such user '{user}'") from None
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError(f"invalid --user: no such group '{group}'") from None
+
+
+def run_master(config: Config) -> int:
+    """Check, bind, lock the pid file, then serve (in the background with --daemon)."""
+    _check_user(config.user)
+    shared: Any = None
+    if config.auth_user is not None:
+        import multiprocessing
+
+        shared = multiprocessing.get_context("fork").Value("d", 0.0)
+    service = prepare(config, shared)
+    sockets = bind_all(config.interfaces, config.port)
+    pidfile = None
+    if config.pidfile is not None:
+        pidfile = PidFile(config.pidfile)
+        pidfile.acquire()
+    _hand_log_to_user(config)
+    if config.daemon:
+        from msmtpd.daemonize import run_detached
+
+        return run_detached(lambda ready_fd: Master(service, sockets, pidfile, ready_fd).run(),
+                            keep=[*sockets, pidfile.fd if pidfile else None,
+                                  service.log_handler], log_to_stderr=config.log == "-")
+    return Master(service, sockets, pidfile).run()

@@ -1,0 +1,144 @@
+"""Receiving the DATA section of a transaction into a spool.
+
+Only ``<CR><LF>.<CR><LF>`` ends DATA (RFC 5321 section 4.1.1.4): a line that
+ends in a bare LF is still a content line, so none of the smuggling
+sequences ``<LF>.<LF>``, ``<CR><LF>.<LF>`` or ``<LF>.<CR><LF>`` can end a
+message early.  The spooled mail has LF line endings and is dot-unstuffed
+(RFC 5321 section 4.5.2).  Work is done on large chunks with bytes
+operations; there is no Python loop per line.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import IO, Optional
+
+from msmtpd.stream import LineReader
+
+END_OF_DATA = b"\r\n.\r\n"
+# A line longer than this is stored in pieces rather than buffered whole.
+MAX_BUFFERED_LINE = 1024 * 1024
+# Messages up to this size stay in memory; larger ones go to a temporary file.
+SPOOL_MEMORY_LIMIT = 1024 * 1024
+
+
+class Spool:
+    """One message: in memory first, in an unnamed temporary file past
+    ``SPOOL_MEMORY_LIMIT``.  Stops storing (but keeps counting) once the
+    message is over ``max_size`` or the disk failed, so the client can be
+    answered only after its final dot."""
+
+    def __init__(self, max_size: int = 0, directory: Optional[str] = None,
+                 memory_limit: int = SPOOL_MEMORY_LIMIT) -> None:
+        self.max_size = max_size
+        self.size = 0
+        self.error: Optional[OSError] = None
+        self._directory = directory
+        self._memory_limit = memory_limit
+        self._memory: Optional[io.BytesIO] = io.BytesIO()
+        self._file: Optional[IO[bytes]] = None
+
+    @property
+    def too_big(self) -> bool:
+        return 0 < self.max_size < self.size
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.too_big or self.error is not None:
+            return
+        try:
+            if self._memory is not None:
+                if self.size <= self._memory_limit:
+                    self._memory.write(data)
+                    return
+                self._roll_over()
+            assert self._file is not None
+            self._file.write(data)
+        except OSError as exc:
+            self.error = exc
+
+    def _roll_over(self) -> None:
+        import tempfile  # only large messages pay for this import
+
+        assert self._memory is not None
+        self._file = tempfile.TemporaryFile(prefix="msmtpd-", dir=self._directory)
+        self._file.write(self._memory.getbuffer())
+        self._memory = None
+
+    def contents(self) -> bytes | int:
+        """The message as bytes, or as a file descriptor positioned at its start."""
+        if self._memory is not None:
+            return self._memory.getvalue()
+        assert self._file is not None
+        self._file.flush()
+        os.lseek(self._file.fileno(), 0, os.SEEK_SET)
+        return self._file.fileno()
+
+    def read_all(self) -> bytes:
+        """The whole message (for tests and small tools)."""
+        data = self.contents()
+        if isinstance(data, bytes):
+            return data
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(data, CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._memory = None
+        self._file = None
+
+
+CHUNK = 64 * 1024
+
+
+def _unstuff(text: bytes, at_line_start: bool) -> bytes:
+    text = text.replace(b"\r\n", b"\n")
+    if at_line_start and text[:1] == b".":
+        text = text[1:]
+    return text.replace(b"\n.", b"\n")
+
+
+def receive_data(reader: LineReader, spool: Spool) -> bool:
+    """Copy DATA from ``reader`` into ``spool`` up to the final dot.
+
+    Returns False when the input ends first (the message must then be
+    dropped).  Bytes after the final dot are pushed back for the next
+    command.  May raise TimeoutError from the reader.
+    """
+    pending = b""  # the start of a line whose LF has not arrived yet
+    after_crlf = True  # the previous line ended in CRLF (DATA's own line did)
+    mid_line = False  # pending does not start at the beginning of a line
+    while True:
+        chunk = reader.read_chunk()
+        if not chunk:
+            return False
+        data = pending + chunk if pending else chunk
+        at_start = not mid_line
+        if at_start and after_crlf and data[:3] == b".\r\n":
+            reader.unread(data[3:])
+            return True
+        end = data.find(END_OF_DATA)
+        if end >= 0:
+            spool.write(_unstuff(data[: end + 2], at_start))
+            reader.unread(data[end + 5 :])
+            return True
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            spool.write(_unstuff(data[:cut], at_start))
+            after_crlf = data[cut - 2 : cut] == b"\r\n"
+            mid_line = False
+            pending = data[cut:]
+        elif len(data) > MAX_BUFFERED_LINE:
+            # Keep a trailing CR back: it may pair with the next chunk's LF.
+            keep = 1 if data.endswith(b"\r") else 0
+            spool.write(_unstuff(data[: len(data) - keep], at_start))
+            mid_line = True
+            pending = data[len(data) - keep :]
+        else:
+            pending = data

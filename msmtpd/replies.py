@@ -1,0 +1,83 @@
+"""Every SMTP reply the server sends, defined once and shared with the tests.
+
+Codes follow RFC 5321 section 4.2; the enhanced status codes (x.y.z) follow
+RFC 3463 and are announced with ENHANCEDSTATUSCODES (RFC 2034).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Reply(NamedTuple):
+    code: int
+    text: str
+
+    def encode(self) -> bytes:
+        """The reply as it goes on the wire; a text with newlines becomes a
+        multi-line reply (RFC 5321 section 4.2.1)."""
+        lines = self.text.split("\n")
+        out = [f"{self.code}-{line}\r\n" for line in lines[:-1]]
+        out.append(f"{self.code} {lines[-1]}\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    def format(self, **values: object) -> Reply:
+        return Reply(self.code, self.text.format(**values))
+
+    @property
+    def is_error(self) -> bool:
+        return self.code >= 400
+
+
+GREETING = Reply(220, "{host} ESMTP msmtpd")
+BYE = Reply(221, "2.0.0 {host} closing connection")
+HELP = Reply(
+    214,
+    "2.0.0 Commands supported:\n"
+    "2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP VRFY EXPN HELP QUIT{auth}\n"
+    "2.0.0 Mail is piped to a local command for delivery",
+)
+OK = Reply(250, "2.0.0 OK")
+HELO_OK = Reply(250, "{host}")
+SENDER_OK = Reply(250, "2.1.0 Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5 Recipient OK")
+RESET_OK = Reply(250, "2.0.0 Reset OK")
+VRFY_CANNOT = Reply(252, "2.5.2 Cannot verify the user, but will accept mail for it")
+START_DATA = Reply(354, "End data with <CR><LF>.<CR><LF>")
+
+TIMEOUT = Reply(421, "4.4.2 {host} Idle too long, closing connection")
+TOO_MANY_ERRORS = Reply(421, "4.7.0 {host} Too many errors, closing connection")
+TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0 {host} Too many authentication failures, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2 {host} Service shutting down, try again later")
+SPOOL_FAILED = Reply(451, "4.3.0 Cannot store the message: {reason}")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")
+
+LINE_TOO_LONG = Reply(500, "5.5.2 Line too long")
+UNRECOGNISED = Reply(500, "5.5.2 Command not recognised")
+BAD_ENCODING = Reply(500, "5.5.2 Command is not valid UTF-8 or contains control characters")
+SYNTAX = Reply(501, "5.5.4 Syntax: {usage}")
+BAD_ADDRESS = Reply(501, "5.1.3 Bad address syntax: {reason}")
+BAD_BODY = Reply(501, "5.5.4 BODY must be 7BIT or 8BITMIME")
+BAD_SIZE = Reply(501, "5.5.4 SIZE must be a number of octets")
+NOT_IMPLEMENTED = Reply(502, "5.5.1 Command not implemented")
+EXPN_REFUSED = Reply(502, "5.5.1 EXPN is not supported")
+NEED_HELO = Reply(503, "5.5.1 Send EHLO or HELO first")
+NEED_MAIL = Reply(503, "5.5.1 Send MAIL FROM first")
+NEED_RCPT = Reply(503, "5.5.1 Send RCPT TO first")
+NESTED_MAIL = Reply(503, "5.5.1 Sender already given; send RSET to start over")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1 Already authenticated")
+AUTH_REQUIRED = Reply(530, "5.7.0 Authentication required")
+AUTH_FAILED = Reply(535, "5.7.8 Authentication credentials invalid")
+AUTH_CANCELLED = Reply(501, "5.7.0 Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2 Cannot decode the response (bad base64)")
+AUTH_MECHANISM = Reply(504, "5.5.4 Unsupported authentication mechanism; use PLAIN or LOGIN")
+AUTH_OK = Reply(235, "2.7.0 Authentication successful")
+AUTH_CHALLENGE = Reply(334, "{challenge}")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4 Message exceeds the size limit of {limit} octets")
+ADDRESS_REFUSED = Reply(553, "5.1.3 Address refused: {reason}")
+NEEDS_SMTPUTF8 = Reply(553, "5.6.7 Non-ASCII address requires the SMTPUTF8 parameter")
+UNKNOWN_PARAMETER = Reply(555, "5.5.4 Unsupported parameter {name}")
+
+DELIVERED = Reply(250, "2.0.0 OK, mail was handed to the delivery command")
+DELIVERY_TEMPFAIL = Reply(451, "4.3.0 Delivery failed temporarily: {why}; try again later")
+DELIVERY_FAILED = Reply(554, "5.3.0 Delivery failed: {why}")

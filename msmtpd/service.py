@@ -1,0 +1,53 @@
+"""What every process needs to serve a session, built once at start-up and
+shared by ``--inetd`` and the pre-forked workers."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import IO, Any, Optional
+
+from msmtpd import logs
+from msmtpd.auth import FailureClock, PasswordCheck, obtain_password
+from msmtpd.config import Config, ConfigError
+from msmtpd.delivery import Deliverer, PipeCommand
+from msmtpd.session import Session, Settings
+from msmtpd.stream import LineReader
+
+log = logging.getLogger("msmtpd")
+
+
+@dataclass
+class Service:
+    config: Config
+    command: PipeCommand
+    settings: Settings
+    log_handler: Optional[logging.Handler]
+
+    def session(self, reader: LineReader, writer: IO[bytes], peer: str) -> Session:
+        deliver = Deliverer(self.command, self.config.command_timeout, peer)
+        return Session(reader, writer, self.settings, deliver, peer)
+
+    def serve(self, reader: LineReader, writer: IO[bytes], peer: str) -> bool:
+        """Run one session; True when it ended with QUIT."""
+        return self.session(reader, writer, peer).run()
+
+
+def prepare(config: Config, shared_failure_time: Any = None) -> Service:
+    """Check everything that can fail at start-up; raises ConfigError."""
+    try:
+        command = PipeCommand(config.command)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --command: {exc}") from None
+    try:
+        handler = logs.open_handler(config.log)
+    except OSError as exc:
+        raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
+    logs.install(handler)
+    settings = Settings(hostname=socket.gethostname() or "localhost",
+                        max_size=config.max_size, spool_dir=config.spool_dir)
+    if config.auth_user is not None:
+        password = obtain_password(config.auth_user, config.auth_passwordeval)
+        settings.auth = PasswordCheck(config.auth_user, password, FailureClock(shared_failure_time))
+    return Service(config, command, settings, handler)

@@ -1,0 +1,511 @@
+"""The SMTP state machine, free of sockets.
+
+A :class:`Session` reads command lines from a :class:`LineReader` and writes
+replies to a binary writer, so the daemon's request handler, ``--inetd``
+and the unit tests all run the very same code.  Verbs dispatch through one
+table of ``smtp_<VERB>`` methods built once per class.  Every mistake is
+answered and the session goes on, up to a bound on consecutive errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import IO, Callable, Dict, List, Optional, Protocol
+
+from msmtpd import replies
+from msmtpd.address import AddressError, parse_path, split_path
+from msmtpd.message import Spool, receive_data
+from msmtpd.replies import Reply
+from msmtpd.stream import LineReader, ShutdownRequested
+
+log = logging.getLogger("msmtpd")
+
+# RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; SMTPUTF8
+# addresses and long parameter lists need more, so accept a few KiB and
+# answer anything longer with 500.
+MAX_COMMAND_LINE = 4096
+# RFC 5321 section 4.5.3.1.8 requires at least 100 recipients per message.
+MAX_RECIPIENTS = 1000
+# Like Postfix's smtpd_hard_error_limit: this many errors in a row end the session.
+MAX_CONSECUTIVE_ERRORS = 20
+# A session that fails authentication this often is closed.
+MAX_AUTH_FAILURES = 3
+# A HELO/EHLO name longer than this is cut in the Received: header.
+MAX_HELO_IN_HEADER = 255
+
+BODY_TYPES = ("7BIT", "8BITMIME")
+
+
+class Deliver(Protocol):
+    def __call__(self, envelope: Envelope, spool: Spool) -> Reply: ...
+
+
+class Authenticator(Protocol):
+    """Checks credentials; ``wait`` applies the brute-force delay before an
+    AUTH answer, ``failed`` records a failure for it."""
+
+    def check(self, user: str, password: str) -> bool: ...
+
+    def wait(self) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+@dataclass
+class Settings:
+    hostname: str = "localhost"
+    max_size: int = 0
+    spool_dir: Optional[str] = None
+    auth: Optional[Authenticator] = None
+
+
+@dataclass
+class Envelope:
+    sender: str = ""
+    recipients: List[str] = field(default_factory=list)
+    smtputf8: bool = False
+    body: str = "7BIT"
+
+
+class Closed(Exception):
+    """The session is over (QUIT, end of input, timeout or error bound)."""
+
+
+Handler = Callable[["Session", str], Optional[Reply]]
+
+
+class Session:
+    """One SMTP conversation; :meth:`run` returns True when it ended with QUIT."""
+
+    _verbs: Dict[str, Handler] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__()
+        cls._verbs = _verb_table(cls)
+
+    def __init__(self, reader: LineReader, writer: IO[bytes], settings: Settings,
+                 deliver: Deliver, peer: str = "") -> None:
+        self.reader = reader
+        self.writer = writer
+        self.settings = settings
+        self.deliver = deliver
+        self.peer = peer
+        self.helo: Optional[str] = None
+        self.esmtp = False
+        self.authenticated_user: Optional[str] = None
+        self.envelope: Optional[Envelope] = None
+        self.errors = 0
+        self.auth_failures = 0
+        self.mails = 0
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions: closing now loses nothing."""
+        return self.envelope is None
+
+    # -- the loop -------------------------------------------------------
+
+    def run(self) -> bool:
+        """Serve until QUIT (True) or until the client goes away, idles too
+        long or makes too many mistakes (False)."""
+        host = self.settings.hostname
+        log.info("session from %s", self.peer or "unknown peer")
+        self.reply(replies.GREETING.format(host=host))
+        try:
+            while True:
+                line = self.reader.readline(MAX_COMMAND_LINE + 1)
+                if not line:
+                    log.info("%s: client disconnected", self.peer or "client")
+                    return False
+                reply = self.handle_line(line)
+                if reply is None:
+                    continue
+                self.reply(reply)
+                if reply.code == 221:
+                    return True
+                if reply.code == 421:
+                    return False
+        except TimeoutError:
+            log.info("%s: idle timeout", self.peer or "client")
+            self.reply(replies.TIMEOUT.format(host=host), final=True)
+            return False
+        except ShutdownRequested:
+            log.info("%s: closing for shutdown", self.peer or "client")
+            self.reply(replies.SHUTTING_DOWN.format(host=host), final=True)
+            return False
+        except Closed:
+            return False
+        except (BrokenPipeError, ConnectionError) as exc:
+            log.info("%s: connection lost: %s", self.peer or "client", exc)
+            return False
+
+    def reply(self, reply: Reply, final: bool = False) -> None:
+        """Send one reply; while a pipelining client's next commands are
+        already buffered, replies are held back and go out together."""
+        try:
+            self.writer.write(reply.encode())
+            if final or not self.reader.has_buffered:
+                self.writer.flush()
+        except (BrokenPipeError, ConnectionError, OSError):
+            if final:
+                return
+            raise Closed() from None
+
+    def handle_line(self, raw: bytes) -> Optional[Reply]:
+        """Answer one command line; counts consecutive errors."""
+        reply = self._dispatch(raw)
+        if reply is None or not reply.is_error:
+            self.errors = 0
+            return reply
+        if reply.code == 421:
+            return reply
+        self.errors += 1
+        if self.errors >= MAX_CONSECUTIVE_ERRORS:
+            self.reply(reply)
+            log.info("%s: too many errors", self.peer or "client")
+            return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
+        return reply
+
+    def _dispatch(self, raw: bytes) -> Optional[Reply]:
+        if not raw.endswith(b"\n"):
+            if len(raw) > MAX_COMMAND_LINE:
+                if not self.reader.skip_line():
+                    raise Closed()
+                return replies.LINE_TOO_LONG
+        text = _decode_line(raw)
+        if text is None:
+            return replies.BAD_ENCODING
+        verb, _, argument = text.partition(" ")
+        handler = self._verbs.get(verb.upper())
+        if handler is None:
+            return replies.UNRECOGNISED
+        return handler(self, argument.strip())
+
+    # -- greeting and housekeeping --------------------------------------
+
+    def smtp_EHLO(self, argument: str) -> Reply:
+        if not argument:
+            return replies.SYNTAX.format(usage="EHLO hostname")
+        self._greet(argument, esmtp=True)
+        size = self.settings.max_size
+        lines = [
+            self.settings.hostname,
+            "PIPELINING",
+            "8BITMIME",
+            "SMTPUTF8",
+            f"SIZE {size}" if size else "SIZE",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.settings.auth is not None:
+            lines.append("AUTH PLAIN LOGIN")
+        lines.append("HELP")
+        return Reply(250, "\n".join(lines))
+
+    def smtp_HELO(self, argument: str) -> Reply:
+        if not argument:
+            return replies.SYNTAX.format(usage="HELO hostname")
+        self._greet(argument, esmtp=False)
+        return replies.HELO_OK.format(host=self.settings.hostname)
+
+    def _greet(self, name: str, esmtp: bool) -> None:
+        self.helo = name
+        self.esmtp = esmtp
+        self.envelope = None
+
+    def smtp_RSET(self, argument: str) -> Reply:
+        if argument:
+            return replies.SYNTAX.format(usage="RSET")
+        self.envelope = None
+        return replies.RESET_OK
+
+    def smtp_NOOP(self, argument: str) -> Reply:
+        return replies.OK
+
+    def smtp_HELP(self, argument: str) -> Reply:
+        auth = " AUTH" if self.settings.auth is not None else ""
+        return replies.HELP.format(auth=auth)
+
+    def smtp_VRFY(self, argument: str) -> Reply:
+        if not argument:
+            return replies.SYNTAX.format(usage="VRFY address")
+        return replies.VRFY_CANNOT
+
+    def smtp_EXPN(self, argument: str) -> Reply:
+        return replies.EXPN_REFUSED
+
+    def smtp_QUIT(self, argument: str) -> Reply:
+        return replies.BYE.format(host=self.settings.hostname)
+
+    def _not_implemented(self, argument: str) -> Reply:
+        return replies.NOT_IMPLEMENTED
+
+    smtp_TURN = smtp_ETRN = smtp_ATRN = smtp_BDAT = smtp_STARTTLS = _not_implemented
+    smtp_SEND = smtp_SOML = smtp_SAML = _not_implemented
+
+    # -- authentication (RFC 4954) --------------------------------------
+
+    def smtp_AUTH(self, argument: str) -> Reply:
+        auth = self.settings.auth
+        if auth is None:
+            return replies.NOT_IMPLEMENTED
+        if self.helo is None or not self.esmtp:
+            return replies.NEED_HELO
+        if self.authenticated_user is not None:
+            return replies.ALREADY_AUTHENTICATED
+        if self.envelope is not None:
+            return replies.NESTED_MAIL
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism == "PLAIN":
+            credentials = self._auth_plain(initial.strip())
+        elif mechanism == "LOGIN":
+            credentials = self._auth_login(initial.strip())
+        elif not mechanism:
+            return replies.SYNTAX.format(usage="AUTH mechanism [initial-response]")
+        else:
+            return replies.AUTH_MECHANISM
+        if isinstance(credentials, Reply):
+            return credentials
+        user, password = credentials
+        auth.wait()
+        if auth.check(user, password):
+            self.authenticated_user = user
+            log.info("%s: authenticated as %s", self.peer or "client", user)
+            return replies.AUTH_OK
+        auth.failed()
+        self.auth_failures += 1
+        log.info("%s: authentication failed for user %s", self.peer or "client", user)
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            self.reply(replies.AUTH_FAILED)
+            return replies.TOO_MANY_AUTH_FAILURES.format(host=self.settings.hostname)
+        return replies.AUTH_FAILED
+
+    def _auth_plain(self, initial: str) -> tuple[str, str] | Reply:
+        if not initial:
+            response = self._challenge("")
+            if isinstance(response, Reply):
+                return response
+            initial = response
+        decoded = _b64decode(initial)
+        if decoded is None:
+            return replies.AUTH_BAD_BASE64
+        parts = decoded.split(b"\0")
+        if len(parts) != 3:
+            return replies.AUTH_BAD_BASE64
+        _authzid, user, password = parts
+        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+
+    def _auth_login(self, initial: str) -> tuple[str, str] | Reply:
+        if initial:
+            user_b64 = initial
+        else:
+            response = self._challenge("VXNlcm5hbWU6")  # "Username:"
+            if isinstance(response, Reply):
+                return response
+            user_b64 = response
+        user = _b64decode(user_b64)
+        if user is None:
+            return replies.AUTH_BAD_BASE64
+        response = self._challenge("UGFzc3dvcmQ6")  # "Password:"
+        if isinstance(response, Reply):
+            return response
+        password = _b64decode(response)
+        if password is None:
+            return replies.AUTH_BAD_BASE64
+        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+
+    def _challenge(self, challenge: str) -> str | Reply:
+        """Send a 334 and read the client's answer; ``*`` cancels."""
+        self.reply(replies.AUTH_CHALLENGE.format(challenge=challenge), final=True)
+        line = self.reader.readline(MAX_COMMAND_LINE + 1)
+        if not line:
+            raise Closed()
+        if not line.endswith(b"\n"):
+            if not self.reader.skip_line():
+                raise Closed()
+            return replies.LINE_TOO_LONG
+        answer = line.decode("ascii", "replace").strip()
+        if answer == "*":
+            return replies.AUTH_CANCELLED
+        return answer
+
+    def _needs_auth(self) -> bool:
+        return self.settings.auth is not None and self.authenticated_user is None
+
+    # -- the transaction ------------------------------------------------
+
+    def smtp_MAIL(self, argument: str) -> Reply:
+        if self.helo is None:
+            return replies.NEED_HELO
+        if self._needs_auth():
+            return replies.AUTH_REQUIRED
+        if self.envelope is not None:
+            return replies.NESTED_MAIL
+        rest = _strip_keyword(argument, "FROM:")
+        if rest is None:
+            return replies.SYNTAX.format(usage="MAIL FROM:<address> [parameters]")
+        try:
+            path, params = split_path(rest)
+        except AddressError as exc:
+            return replies.BAD_ADDRESS.format(reason=exc)
+        envelope = Envelope()
+        problem = self._mail_parameters(params, envelope)
+        if problem is not None:
+            return problem
+        sender = self._check_path(path, envelope, allow_null=True)
+        if isinstance(sender, Reply):
+            return sender
+        envelope.sender = sender
+        self.envelope = envelope
+        return replies.SENDER_OK
+
+    def _mail_parameters(self, params: str, envelope: Envelope) -> Optional[Reply]:
+        """RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8."""
+        for param in params.split():
+            name, _, value = param.partition("=")
+            name = name.upper()
+            if name == "SIZE":
+                if not value.isdigit():
+                    return replies.BAD_SIZE
+                limit = self.settings.max_size
+                if limit and int(value) > limit:
+                    return replies.MESSAGE_TOO_BIG.format(limit=limit)
+            elif name == "BODY":
+                if value.upper() not in BODY_TYPES:
+                    return replies.BAD_BODY
+                envelope.body = value.upper()
+            elif name == "SMTPUTF8" and not value:
+                envelope.smtputf8 = True
+            else:
+                return replies.UNKNOWN_PARAMETER.format(name=name)
+        return None
+
+    def _check_path(self, path: str, envelope: Envelope, allow_null: bool) -> str | Reply:
+        try:
+            return parse_path(path, envelope.smtputf8, allow_null).address
+        except AddressError as exc:
+            if exc.needs_utf8:
+                return replies.NEEDS_SMTPUTF8
+            if exc.policy:
+                return replies.ADDRESS_REFUSED.format(reason=exc)
+            return replies.BAD_ADDRESS.format(reason=exc)
+
+    def smtp_RCPT(self, argument: str) -> Reply:
+        if self._needs_auth():
+            return replies.AUTH_REQUIRED
+        envelope = self.envelope
+        if envelope is None:
+            return replies.NEED_MAIL
+        rest = _strip_keyword(argument, "TO:")
+        if rest is None:
+            return replies.SYNTAX.format(usage="RCPT TO:<address>")
+        try:
+            path, params = split_path(rest)
+        except AddressError as exc:
+            return replies.BAD_ADDRESS.format(reason=exc)
+        if params:
+            return replies.UNKNOWN_PARAMETER.format(name=params.split()[0].partition("=")[0].upper())
+        if len(envelope.recipients) >= MAX_RECIPIENTS:
+            return replies.TOO_MANY_RECIPIENTS
+        address = self._check_path(path, envelope, allow_null=False)
+        if isinstance(address, Reply):
+            return address
+        envelope.recipients.append(address)
+        return replies.RECIPIENT_OK
+
+    def smtp_DATA(self, argument: str) -> Optional[Reply]:
+        if self._needs_auth():
+            return replies.AUTH_REQUIRED
+        envelope = self.envelope
+        if envelope is None:
+            return replies.NEED_MAIL
+        if not envelope.recipients:
+            return replies.NEED_RCPT
+        if argument:
+            return replies.SYNTAX.format(usage="DATA")
+        self.reply(replies.START_DATA, final=True)
+        spool = Spool(self.settings.max_size, self.settings.spool_dir)
+        try:
+            spool.write(self._received_header(envelope))
+            if not receive_data(self.reader, spool):
+                log.info("%s: client disconnected during DATA; nothing delivered",
+                         self.peer or "client")
+                raise Closed()
+            self.envelope = None
+            return self._finish(envelope, spool)
+        finally:
+            spool.close()
+
+    def _finish(self, envelope: Envelope, spool: Spool) -> Reply:
+        """Answer the final dot: errors found while receiving come first."""
+        if spool.too_big:
+            log.info("%s: message from <%s> refused: %d octets over the limit of %d",
+                     self.peer or "client", envelope.sender, spool.size, spool.max_size)
+            return replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
+        if spool.error is not None:
+            log.error("%s: cannot spool message: %s", self.peer or "client", spool.error)
+            return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
+        self.mails += 1
+        return self.deliver(envelope, spool)
+
+    def _received_header(self, envelope: Envelope) -> bytes:
+        """RFC 5321 section 4.4 trace header; the client's HELO name is
+        sanitised so it cannot inject header lines."""
+        helo = sanitise_helo(self.helo or "")
+        protocol = "UTF8SMTP" if envelope.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        if self.authenticated_user is not None:
+            protocol += "A"
+        date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
+        peer = f"[{self.peer}]" if self.peer else "[local]"
+        return (
+            f"Received: from {helo} ({peer})\n"
+            f"\tby {self.settings.hostname} (msmtpd) with {protocol};\n"
+            f"\t{date}\n"
+        ).encode()
+
+
+def sanitise_helo(name: str) -> str:
+    """Printable ASCII only, no comment delimiters, bounded length."""
+    cleaned = "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in name)
+    return cleaned[:MAX_HELO_IN_HEADER] or "unknown"
+
+
+def _decode_line(raw: bytes) -> Optional[str]:
+    """The command text without its line ending; None for invalid UTF-8
+    or control characters."""
+    if raw.endswith(b"\r\n"):
+        raw = raw[:-2]
+    elif raw.endswith(b"\n"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+        return None
+    return text.strip()
+
+
+def _strip_keyword(argument: str, keyword: str) -> Optional[str]:
+    """``FROM:<a>`` or ``FROM: <a>`` (accepted, as most servers do)."""
+    if argument[: len(keyword)].upper() != keyword:
+        return None
+    return argument[len(keyword) :].strip()
+
+
+def _b64decode(text: str) -> Optional[bytes]:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _verb_table(cls: type) -> Dict[str, Handler]:
+    return {name[5:]: getattr(cls, name) for name in dir(cls) if name.startswith("smtp_")}
+
+
+Session._verbs = _verb_table(Session)

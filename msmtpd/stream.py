@@ -1,0 +1,101 @@
+"""Buffered line reading on top of any ``recv(n) -> bytes`` function.
+
+The session needs three things a plain buffered file does not give together:
+lines with a hard length bound (``readline(limit)`` as CPython's
+socketserver does), large raw chunks for DATA, and a way to push back the
+bytes a pipelining client sent after the final dot.  Sockets, pipes and
+in-memory test streams all provide ``recv``; a timeout is the ``recv``
+function raising :class:`TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import Callable
+
+CHUNK_SIZE = 64 * 1024
+
+Recv = Callable[[int], bytes]
+
+
+class ShutdownRequested(Exception):
+    """Raised by a ``recv`` when the service stops and the session is
+    between transactions, so it can be closed politely (421)."""
+
+
+class LineReader:
+    """Reads lines and chunks from ``recv``; ``b""`` from ``recv`` is end of input."""
+
+    def __init__(self, recv: Recv, chunk_size: int = CHUNK_SIZE) -> None:
+        self._recv = recv
+        self._chunk_size = chunk_size
+        self._buffer = b""
+        self._eof = False
+
+    @property
+    def has_buffered(self) -> bool:
+        """True while a pipelining client's next command is already here."""
+        return bool(self._buffer)
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self._recv(self._chunk_size)
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def readline(self, limit: int) -> bytes:
+        """One line including its LF, or at most ``limit`` bytes of a longer
+        one, or what is left at end of input (``b""`` when nothing is)."""
+        searched = 0
+        while True:
+            end = self._buffer.find(b"\n", searched, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buffer) >= limit:
+                return self._take(limit)
+            searched = len(self._buffer)
+            if not self._fill():
+                return self._take(len(self._buffer))
+
+    def skip_line(self) -> bool:
+        """Discard up to and including the next LF; False at end of input."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                self._take(end + 1)
+                return True
+            self._buffer = b""
+            if not self._fill():
+                return False
+
+    def read_chunk(self) -> bytes:
+        """Whatever is buffered, or the next chunk from ``recv``."""
+        if not self._buffer:
+            self._fill()
+        return self._take(len(self._buffer))
+
+    def unread(self, data: bytes) -> None:
+        self._buffer = data + self._buffer
+
+    def _take(self, count: int) -> bytes:
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
+
+def fd_recv(fd: int, timeout: float | None) -> Recv:
+    """A ``recv`` for a file descriptor (a pipe or a socket on stdin) that
+    raises :class:`TimeoutError` after ``timeout`` seconds of silence."""
+
+    def recv(size: int) -> bytes:
+        if timeout is not None:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                raise TimeoutError("idle timeout")
+        return os.read(fd, size)
+
+    return recv

@@ -1,0 +1,219 @@
+"""A pre-forked worker: accepts on the shared listening sockets and serves
+one session at a time through ``socketserver.StreamRequestHandler``.
+
+Workers wait in ``select`` on the listening sockets and a wake-up pipe that
+signals write to, so a stop request is never stuck behind ``accept()``.
+A forked worker always leaves through ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import select
+import signal
+import socket
+import socketserver
+from typing import Any, Callable, List, Optional
+
+from msmtpd import logs
+from msmtpd.service import Service
+from msmtpd.stream import LineReader, ShutdownRequested
+
+# Exit status of a worker that could not start; the master halts on it.
+EXIT_BOOT_ERROR = 3
+# How often an idle worker checks that its master is still alive.
+PARENT_CHECK_SECONDS = 1.0
+WRITE_BUFFER = 64 * 1024
+
+
+def _title(text: str) -> None:
+    from setproctitle import setproctitle
+
+    setproctitle(f"msmtpd: {text}")
+
+
+class SessionRecv:
+    """``recv`` for one client connection: idle timeout, and a polite stop
+    when the worker is asked to exit while the session is between
+    transactions."""
+
+    def __init__(self, connection: socket.socket, timeout: float, worker: Worker) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.worker = worker
+        self.interruptible: Callable[[], bool] = lambda: True
+
+    def __call__(self, size: int) -> bytes:
+        watch: List[Any] = [self.connection, self.worker.wake_fd]
+        while True:
+            if self.worker.stopping and self.interruptible():
+                raise ShutdownRequested()
+            ready, _, _ = select.select(watch, [], [], self.timeout)
+            if not ready:
+                raise TimeoutError("idle timeout")
+            if self.connection in ready:
+                return self.connection.recv(size)
+            self.worker.handle_signals()
+
+
+class SessionHandler(socketserver.StreamRequestHandler):
+    """Runs the shared session core on an accepted connection."""
+
+    wbufsize = WRITE_BUFFER
+    server: WorkerServer
+
+    def handle(self) -> None:
+        worker = self.server.worker
+        peer = str(self.client_address[0]) if self.client_address else ""
+        _title(f"session {peer}")
+        recv = SessionRecv(self.connection, worker.service.config.timeout, worker)
+        session = worker.service.session(LineReader(recv), self.wfile, peer)  # type: ignore[arg-type]
+        recv.interruptible = lambda: session.idle
+        session.run()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass  # the client is gone; nothing left to flush to
+        _title("worker idle")
+
+
+class WorkerServer(socketserver.BaseServer):
+    """socketserver's request cycle over sockets the master already bound."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(("", 0), SessionHandler)  # the address is unused: sockets come bound
+        self.worker = worker
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        request.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import logging
+        import traceback
+
+        logging.getLogger("msmtpd").error(
+            "session with %s failed: %s", client_address,
+            traceback.format_exc().strip().splitlines()[-1])
+
+
+class Worker:
+    def __init__(self, service: Service, sockets: List[socket.socket], master_pid: int,
+                 status_fd: int, user: Optional[str]) -> None:
+        self.service = service
+        self.sockets = sockets
+        self.master_pid = master_pid
+        self.status_fd = status_fd
+        self.user = user
+        self.stopping = False
+        self.reopen_log = False
+        self.wake_fd = -1
+
+    def run(self) -> None:
+        """The worker's whole life; never returns."""
+        try:
+            self._boot()
+        except Exception as exc:  # report why, then let the master halt
+            self._report(f"error {os.getpid()} {exc}")
+            os._exit(EXIT_BOOT_ERROR)
+        self._report(f"ready {os.getpid()}")
+        try:
+            self._serve()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+
+    def _boot(self) -> None:
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self.wake_fd = wake_r
+        signal.set_wakeup_fd(wake_w)
+        # The master's dispositions must not leak in; SIGCHLD above all, or
+        # the delivery command's exit status would be lost.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if self.user is not None:
+            drop_privileges(self.user)
+        _title("worker idle")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Only record; the loop does the work.
+        if signum == signal.SIGTERM:
+            self.stopping = True
+        elif signum == signal.SIGHUP:
+            self.reopen_log = True
+
+    def handle_signals(self) -> None:
+        try:
+            while os.read(self.wake_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        if self.reopen_log:
+            self.reopen_log = False
+            logs.reopen()
+
+    def _serve(self) -> None:
+        server = WorkerServer(self)
+        watch: List[Any] = [*self.sockets, self.wake_fd]
+        while not self.stopping:
+            ready, _, _ = select.select(watch, [], [], PARENT_CHECK_SECONDS)
+            if os.getppid() != self.master_pid:
+                return  # the master is gone: nobody supervises us any more
+            if self.wake_fd in ready:
+                self.handle_signals()
+            for listener in ready:
+                if listener is self.wake_fd or self.stopping:
+                    continue
+                self._accept(server, listener)
+
+    def _accept(self, server: WorkerServer, listener: socket.socket) -> None:
+        try:
+            connection, address = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker won the race
+        except OSError as exc:
+            import logging
+
+            logging.getLogger("msmtpd").error("accept failed: %s", exc.strerror)
+            return
+        connection.setblocking(True)
+        try:
+            server.process_request(connection, address)
+        except Exception:
+            server.handle_error(connection, address)
+            server.shutdown_request(connection)
+
+    def _report(self, line: str) -> None:
+        try:
+            os.write(self.status_fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def drop_privileges(spec: str) -> None:
+    """Become USER[:GROUP]; raises with a message fit for the terminal."""
+    user, _, group = spec.partition(":")
+    entry = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    if os.getuid() == entry.pw_uid and os.getgid() == gid:
+        return
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(entry.pw_uid)
+    except OSError as exc:
+        raise RuntimeError(f"cannot switch to user {spec}: {exc.strerror}") from None
+    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)

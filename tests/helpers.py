@@ -1,0 +1,148 @@
+"""Shared helpers for the real-process tests: find the installed msmtpd,
+pick free ports, start servers and wait for them, read Maildir deliveries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+SCRIPTS = Path(sys.executable).parent
+CI = os.environ.get("CI") == "true"
+
+
+def program(name: str) -> str:
+    """The installed console script (not a pyenv shim), e.g. msmtpd, msmtpd-maildir."""
+    candidate = SCRIPTS / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    assert found, f"{name} is not installed; run scripts/test"
+    return found
+
+
+def tool(name: str) -> str:
+    """A Debian tool the tests need; scripts/test installs them."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
+    if found is None:
+        import pytest
+
+        if CI:
+            pytest.fail(f"{name} is missing (scripts/test installs it)")
+        pytest.skip(f"{name} is not installed (scripts/test installs it)")
+    return found
+
+
+def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
+                  process: Optional[subprocess.Popen[bytes]] = None) -> None:
+    deadline = time.monotonic() + timeout
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1)
+                sock.connect((host, port))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+def maildir_command(directory: Path) -> str:
+    return f"{program('msmtpd-maildir')} {directory} -f %F --"
+
+
+def delivered(directory: Path) -> List[bytes]:
+    """The mails stored by msmtpd-maildir, oldest first."""
+    new = directory / "new"
+    if not new.is_dir():
+        return []
+    files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return [p.read_bytes() for p in files]
+
+
+def wait_for_mails(directory: Path, count: int, timeout: float = 10.0) -> List[bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mails = delivered(directory)
+        if len(mails) >= count:
+            return mails
+        time.sleep(0.05)
+    return delivered(directory)
+
+
+class Server:
+    """A real msmtpd master on an ephemeral loopback port."""
+
+    def __init__(self, args: Sequence[str], port: Optional[int] = None,
+                 host: str = "127.0.0.1", env: Optional[Dict[str, str]] = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.args = [program("msmtpd"), f"--port={self.port}", *args]
+        if not any(a.startswith("--interface") for a in args):
+            self.args.append(f"--interface={host}")
+        self.env = env
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> Server:
+        self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=self.env)
+        wait_for_port(self.port, self.host, process=self.process)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        assert self.process is not None
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def children(pid: int) -> List[int]:
+    """Direct children of ``pid`` (the workers of a master)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def run_inetd(args: Sequence[str], conversation: bytes, timeout: float = 20.0
+              ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([program("msmtpd"), "--inetd", *args], input=conversation,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)

@@ -1,0 +1,290 @@
+"""The daemon as a real process tree: the pre-forked pool, supervision,
+signals, --daemon with --pidfile, --user, and listening on several
+interfaces."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from tests.helpers import (
+    Server,
+    children,
+    cmdline,
+    delivered,
+    free_port,
+    maildir_command,
+    program,
+    wait_for_mails,
+    wait_for_port,
+)
+
+
+def greeting(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1024)
+    except socket.timeout:
+        return b""
+
+
+def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect((host, port))
+    return sock
+
+
+def send_mail(port: int, subject: str = "test", host: str = "127.0.0.1") -> None:
+    with smtplib.SMTP(host, port, timeout=15) as smtp:
+        smtp.sendmail("a@example.org", ["b@example.org"], f"Subject: {subject}\r\n\r\nbody\r\n")
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def zombies(pid: int) -> List[int]:
+    found = []
+    for child in children(pid):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state == "Z":
+            found.append(child)
+    return found
+
+
+def test_seventeenth_client_waits_until_a_session_ends(tmp_path: Path) -> None:
+    with Server([f"--command={maildir_command(tmp_path)}"]) as server:
+        assert wait_until(lambda: len(children(server.pid)) == 16)
+        busy = [connect(server.port) for _ in range(16)]
+        try:
+            for sock in busy:
+                assert greeting(sock, 5).startswith(b"220 ")
+            waiting = connect(server.port)
+            assert greeting(waiting, 1.0) == b"", "a 17th session was served at once"
+            busy[0].sendall(b"QUIT\r\n")
+            assert greeting(waiting, 5).startswith(b"220 "), "the waiting client was never served"
+            waiting.close()
+        finally:
+            for sock in busy:
+                sock.close()
+
+
+def test_max_sessions_bounds_the_pool(tmp_path: Path) -> None:
+    with Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=2"]) as server:
+        assert wait_until(lambda: len(children(server.pid)) == 2)
+        time.sleep(0.3)
+        assert len(children(server.pid)) == 2
+        first, second = connect(server.port), connect(server.port)
+        assert greeting(first, 5).startswith(b"220")
+        assert greeting(second, 5).startswith(b"220")
+        third = connect(server.port)
+        assert greeting(third, 1.0) == b""
+        first.close()
+        assert greeting(third, 5).startswith(b"220")
+        second.close()
+        third.close()
+
+
+def test_killed_workers_are_replaced_without_zombies(tmp_path: Path) -> None:
+    with Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=4"]) as server:
+        assert wait_until(lambda: len(children(server.pid)) == 4)
+        old = set(children(server.pid))
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: len(set(children(server.pid)) - old) == 4 and not zombies(server.pid))
+        send_mail(server.port)
+        assert len(wait_for_mails(tmp_path, 1)) == 1
+        assert zombies(server.pid) == []
+
+
+def test_sigterm_lets_the_running_transaction_finish(tmp_path: Path) -> None:
+    server = Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=2"]).start()
+    try:
+        smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=15)
+        smtp.ehlo("client")
+        smtp.mail("a@example.org")
+        smtp.rcpt("b@example.org")
+        code, _ = smtp.docmd("DATA")
+        assert code == 354
+        smtp.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        time.sleep(0.5)
+        smtp.send(b"second half\r\n.\r\n")
+        code, _ = smtp.getreply()
+        assert code == 250
+        code, _ = smtp.docmd("NOOP")
+        assert code == 421  # between transactions the stopping worker closes politely
+        smtp.close()
+        assert server.process.wait(15) == 0  # type: ignore[union-attr]
+    finally:
+        server.stop()
+    mails = delivered(tmp_path)
+    assert len(mails) == 1 and b"second half" in mails[0]
+
+
+def test_sighup_reopens_the_log_file(tmp_path: Path) -> None:
+    log = tmp_path / "msmtpd.log"
+    mail = tmp_path / "mail"
+    with Server([f"--command={maildir_command(mail)}", f"--log={log}", "--max-sessions=2"]) as server:
+        send_mail(server.port, "before")
+        assert wait_until(lambda: "delivered" in log.read_text())
+        log.rename(tmp_path / "msmtpd.log.1")
+        os.kill(server.pid, signal.SIGHUP)
+        assert wait_until(log.exists)
+        time.sleep(0.3)  # let the workers handle their HUP
+        send_mail(server.port, "after")
+        assert wait_until(lambda: "delivered" in log.read_text())
+    assert "reopening the log" in (tmp_path / "msmtpd.log.1").read_text()
+
+
+def test_idle_clients_cannot_starve_others(tmp_path: Path) -> None:
+    args = [f"--command={maildir_command(tmp_path)}", "--max-sessions=2", "--timeout=1"]
+    with Server(args) as server:
+        idle = [connect(server.port) for _ in range(2)]
+        started = time.monotonic()
+        send_mail(server.port, "patient")
+        assert time.monotonic() - started < 8
+        for sock in idle:
+            data = sock.recv(4096)
+            data += sock.recv(4096)
+            assert b"421" in data
+            sock.close()
+    assert len(wait_for_mails(tmp_path, 1)) == 1
+
+
+def test_daemon_and_pidfile_lifecycle(tmp_path: Path) -> None:
+    port = free_port()
+    pidfile = tmp_path / "msmtpd.pid"
+    args = [program("msmtpd"), "--daemon", f"--port={port}", f"--pidfile={pidfile}",
+            f"--command={maildir_command(tmp_path / 'mail')}", "--max-sessions=2"]
+    # A stale pid file (no live holder) is taken over.
+    pidfile.write_text("999999\n")
+    result = subprocess.run(args, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    master = int(pidfile.read_text())
+    try:
+        assert "msmtpd: master" in cmdline(master)
+        send_mail(port)  # accepting as soon as --daemon returned
+        second = subprocess.run([*args[:2], f"--port={free_port()}", *args[3:]],
+                                capture_output=True, timeout=30)
+        assert second.returncode == 3
+        assert b"already running" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert int(pidfile.read_text()) == master
+    finally:
+        os.kill(master, signal.SIGTERM)
+    assert wait_until(lambda: not pidfile.exists())
+    assert len(delivered(tmp_path / "mail")) == 1
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_port_in_use_is_one_line_and_exit_3(daemon: bool) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [program("msmtpd"), f"--port={port}", "--command=cat"]
+        result = subprocess.run(args + (["--daemon"] if daemon else []), capture_output=True, timeout=30)
+    assert result.returncode == 3
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "port" in lines[0] and "in use" in lines[0]
+
+
+def test_address_not_available_is_exit_3() -> None:
+    result = subprocess.run([program("msmtpd"), "--interface=192.0.2.1", f"--port={free_port()}"],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 3
+    assert result.stderr.decode().count("\n") == 1
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory an unprivileged user can reach (pytest's tmp_path is 0700 under /tmp)."""
+    path = Path(tempfile.mkdtemp(prefix="msmtpd-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_user_drops_privileges_in_the_workers(public_dir: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    log = public_dir / "msmtpd.log"
+    # nobody cannot run scripts under /root, so the command is plain sh and cat.
+    command = f"cat > {public_dir}/mail.$$; :"
+    args = [f"--command={command}", "--user=nobody", "--max-sessions=2", f"--log={log}"]
+    with Server(args) as server:
+        assert wait_until(lambda: len(children(server.pid)) == 2)
+        for worker in children(server.pid):
+            status = Path(f"/proc/{worker}/status").read_text()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+        send_mail(server.port)
+        mails = list(public_dir.glob("mail.*"))
+        assert len(mails) == 1 and mails[0].stat().st_uid == nobody.pw_uid
+        log.rename(public_dir / "msmtpd.log.1")
+        os.kill(server.pid, signal.SIGHUP)  # the workers, now nobody, reopen the new file too
+        assert wait_until(log.exists)
+        time.sleep(0.3)
+        send_mail(server.port, "after hup")
+        assert wait_until(lambda: "delivered" in log.read_text())
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to lose CAP_SETUID")
+def test_worker_that_cannot_start_halts_the_master(tmp_path: Path) -> None:
+    port = free_port()
+    # Root without CAP_SETUID/CAP_SETGID: every worker fails to drop privileges.
+    args = ["setpriv", "--bounding-set=-setuid,-setgid",
+            program("msmtpd"), f"--port={port}", "--user=nobody", "--command=cat"]
+    result = subprocess.run(args, capture_output=True, timeout=30)
+    assert result.returncode == 3
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "cannot switch to user nobody" in lines[0]
+
+
+def test_two_interfaces_ipv4_and_ipv6(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    port = free_port()
+    args = ["--interface=127.0.0.1", "--interface=::1", f"--command={maildir_command(tmp_path)}",
+            "--max-sessions=2"]
+    with Server(args, port=port):
+        wait_for_port(port, "::1")
+        send_mail(port, "over v4", "127.0.0.1")
+        send_mail(port, "over v6", "::1")
+    mails = wait_for_mails(tmp_path, 2)
+    assert len(mails) == 2
+    assert any(b"[::1]" in m for m in mails) and any(b"[127.0.0.1]" in m for m in mails)
+
+
+def test_process_titles(tmp_path: Path) -> None:
+    with Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=2"]) as server:
+        assert wait_until(lambda: len(children(server.pid)) == 2)
+        assert cmdline(server.pid).startswith(f"msmtpd: master 127.0.0.1:{server.port}")
+        assert wait_until(lambda: all(cmdline(w) == "msmtpd: worker idle" for w in children(server.pid)))
+        sock = connect(server.port)
+        assert greeting(sock, 5).startswith(b"220")
+        assert wait_until(lambda: any(cmdline(w) == "msmtpd: session 127.0.0.1"
+                                      for w in children(server.pid)))
+        sock.close()

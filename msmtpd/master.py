@@ -176,7 +176,10 @@ class Master:
                 self._read_status()
                 raise Halt(f"worker {pid} could not start")
             how = f"exit status {code}" if code >= 0 else f"signal {-code}"
-            log.error("worker %d died (%s); replacing it", pid, how)
+            # Status 0 is a worker stopped from outside (SIGTERM sent to the
+            # whole group), not a crash; it is replaced all the same.
+            log.log(logging.INFO if code == 0 else logging.ERROR,
+                    "worker %d ended (%s); replacing it", pid, how)
             if time.monotonic() - started < BOOT_GRACE_SECONDS:
                 self.fast_deaths += 1
                 delay = min(0.1 * 2 ** (self.fast_deaths - 1), MAX_RESPAWN_DELAY)

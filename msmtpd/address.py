@@ -10,7 +10,7 @@ address: a leading ``-``, control characters, over-long parts.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 # RFC 5321 section 4.5.3.1.1: local part at most 64 octets.
 MAX_LOCAL_PART = 64
@@ -20,22 +20,22 @@ MAX_DOMAIN = 255
 MAX_PATH = 256
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
-_UTF8 = r"\u0080-\U0010ffff"
-_DOT_STRING = r"[{a}]+(?:\.[{a}]+)*"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{u}]|\\[\x20-\x7e])*"'
-_LABEL = r"[A-Za-z0-9{u}](?:[A-Za-z0-9\-{u}]*[A-Za-z0-9{u}])?"
+_DOT_STRING = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+_MAILBOX = re.compile(
+    rf"(?P<local>{_DOT_STRING}|{_QUOTED})(?:@(?P<domain>{_LABEL}(?:\.{_LABEL})*|{_LITERAL}))?")
+# RFC 6531 allows UTF-8 wherever RFC 5321 allows a letter (atext, qtext,
+# U-labels), so a non-ASCII address is checked with every non-ASCII
+# character standing in as a letter.
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
-def _mailbox_re(utf8: bool) -> re.Pattern[str]:
-    u = _UTF8 if utf8 else ""
-    local = f"(?:{_DOT_STRING.format(a=_ATEXT + u)}|{_QUOTED.format(u=u)})"
-    label = _LABEL.format(u=u)
-    domain = rf"(?:{label}(?:\.{label})*|{_LITERAL})"
-    return re.compile(rf"(?P<local>{local})(?:@(?P<domain>{domain}))?")
+def _as_ascii(text: str) -> str:
+    return _NON_ASCII.sub("a", text)
 
 
-_MAILBOX = {False: _mailbox_re(False), True: _mailbox_re(True)}
 # RFC 5321 section 4.1.2: A-d-l, a source route to be accepted and ignored.
 _SOURCE_ROUTE = re.compile(r"@[^,:]+(?:,@[^,:]+)*:")
 
@@ -102,16 +102,15 @@ def parse_path(path: str, utf8: bool, allow_null: bool) -> Path:
         inner = inner[route.end() :]
     if inner.startswith("-"):
         raise AddressError("an address must not begin with '-'", policy=True)
-    if not utf8 and not inner.isascii():
-        if _MAILBOX[True].fullmatch(inner):
-            raise AddressError("non-ASCII address without SMTPUTF8", needs_utf8=True)
-        raise AddressError("not a valid mailbox")
-    match = _MAILBOX[utf8].fullmatch(inner)
+    match = _MAILBOX.fullmatch(_as_ascii(inner))
     if not match:
         raise AddressError("not a valid mailbox")
-    if len(match.group("local").encode("utf-8")) > MAX_LOCAL_PART:
+    if not utf8 and not inner.isascii():
+        raise AddressError("non-ASCII address without SMTPUTF8", needs_utf8=True)
+    local = inner[: match.end("local")]
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise AddressError(f"local part longer than {MAX_LOCAL_PART} octets")
-    domain: Optional[str] = match.group("domain")
+    domain = inner[match.start("domain") :] if match.group("domain") is not None else None
     if domain is not None and len(domain.encode("utf-8")) > MAX_DOMAIN:
         raise AddressError(f"domain longer than {MAX_DOMAIN} octets")
     return Path(inner)

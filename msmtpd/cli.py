@@ -108,9 +108,34 @@ def _parser() -> _Parser:
     return parser
 
 
+# The C msmtpd's options: an abbreviation that fits one of these and only
+# new options besides (``--comm`` for --command, not --command-timeout)
+# keeps the meaning it always had.
+ORIGINAL_OPTIONS = ("--version", "--help", "--inetd", "--interface", "--port", "--log",
+                    "--command", "--auth")
+
+
+def _expand_original_abbreviations(parser: _Parser, argv: List[str]) -> List[str]:
+    known = [opt for action in parser._actions for opt in action.option_strings]
+    expanded = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and name not in known:
+            matches = [opt for opt in known if opt.startswith(name)]
+            original = [opt for opt in matches if opt in ORIGINAL_OPTIONS]
+            if len(matches) > 1 and len(original) == 1:
+                arg = original[0] + eq + value
+        expanded.append(arg)
+        if arg == "--":
+            expanded.extend(argv[len(expanded):])
+            break
+    return expanded
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """Turn the arguments into a Config; UsageError or ConfigError say why not."""
-    args = _parser().parse_args(list(argv))
+    parser = _parser()
+    args = parser.parse_args(_expand_original_abbreviations(parser, list(argv)))
     for name in VALUE_OPTIONS:
         value = getattr(args, name)
         values: List[str] = value if isinstance(value, list) else [value]

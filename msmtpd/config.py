@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
 from typing import List, Optional
 
 from msmtpd.delivery import DEFAULT_COMMAND
@@ -20,23 +18,33 @@ class ConfigError(ValueError):
     """A start-up problem; the message is the one line the user sees."""
 
 
-@dataclass
 class Config:
-    inetd: bool = False
-    interfaces: List[str] = field(default_factory=lambda: [DEFAULT_INTERFACE])
-    port: int = DEFAULT_PORT
-    log: str = "none"
-    command: str = DEFAULT_COMMAND
-    auth_user: Optional[str] = None
-    auth_passwordeval: Optional[str] = None
-    timeout: float = DEFAULT_TIMEOUT
-    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
-    max_size: int = 0
-    max_sessions: int = DEFAULT_MAX_SESSIONS
-    daemon: bool = False
-    pidfile: Optional[str] = None
-    user: Optional[str] = None
-    spool_dir: Optional[str] = None
+    """Every setting, with the defaults of ``msmtpd --help``.  A plain class:
+    ``dataclasses`` would import ``inspect``, too slow for ``--inetd``."""
+
+    def __init__(self, inetd: bool = False, daemon: bool = False, pidfile: Optional[str] = None,
+                 user: Optional[str] = None) -> None:
+        self.inetd = inetd
+        self.interfaces: List[str] = [DEFAULT_INTERFACE]
+        self.port = DEFAULT_PORT
+        self.log = "none"
+        self.command = DEFAULT_COMMAND
+        self.auth_user: Optional[str] = None
+        self.auth_passwordeval: Optional[str] = None
+        self.timeout = DEFAULT_TIMEOUT
+        self.command_timeout = DEFAULT_COMMAND_TIMEOUT
+        self.max_size = 0
+        self.max_sessions = DEFAULT_MAX_SESSIONS
+        self.daemon = daemon
+        self.pidfile = pidfile
+        self.user = user
+        self.spool_dir: Optional[str] = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Config({vars(self)!r})"
 
 
 def parse_port(text: str) -> int:
@@ -46,6 +54,8 @@ def parse_port(text: str) -> int:
 
 
 def parse_interface(text: str) -> str:
+    import ipaddress
+
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -66,10 +76,6 @@ def parse_count(text: str, option: str, minimum: int) -> int:
     if not text.isdigit() or int(text) < minimum:
         raise ConfigError(f"invalid {option} '{text}': expected a whole number of at least {minimum}")
     return int(text)
-
-
-def parse_log(text: str) -> str:
-    return text
 
 
 def parse_auth(text: str) -> tuple[str, Optional[str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -70,18 +69,53 @@ class PipeCommand:
         self.template = template
         self.shell = needs_shell(template)
         self._words = [] if self.shell else template.split()
+        self._script = shell_script(template) if self.shell else ""
 
     def argv(self, sender: str, recipients: Sequence[str]) -> list[str]:
         sender = sender or NULL_SENDER
         if self.shell:
-            script = self.template.replace("%F", shlex.quote(sender), 1) + ' "$@"'
-            return ["/bin/sh", "-c", script, "msmtpd", *recipients]
+            return ["/bin/sh", "-c", self._script, "msmtpd", *recipients]
         words = list(self._words)
         for index, word in enumerate(words):
             if "%F" in word:
                 words[index] = word.replace("%F", sender, 1)
                 break
         return [*words, *recipients]
+
+
+def shell_script(template: str) -> str:
+    """The ``sh -c`` script for a template: the first ``%F`` becomes a
+    reference to ``$MSMTPD_SENDER`` that fits the quoting around it, and
+    ``"$@"`` receives the recipients.  The shell never re-reads what an
+    expansion yields, so no address can turn into shell syntax."""
+    index = template.find("%F")
+    if index < 0:
+        return template + ' "$@"'
+    reference = {
+        None: '"${MSMTPD_SENDER}"',
+        '"': "${MSMTPD_SENDER}",
+        "'": "'\"${MSMTPD_SENDER}\"'",
+    }[_quote_state(template[:index])]
+    return template[:index] + reference + template[index + 2 :] + ' "$@"'
+
+
+def _quote_state(text: str) -> Optional[str]:
+    """The kind of quotes open at the end of ``text`` (None, ``'`` or ``"``)."""
+    state: Optional[str] = None
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif state == "'":
+            if char == "'":
+                state = None
+        elif char == "\\":
+            escaped = True
+        elif char in "'\"" and state is None:
+            state = char
+        elif char == '"' and state == '"':
+            state = None
+    return state
 
 
 def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
@@ -93,9 +127,11 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     started = time.monotonic()
     argv = command.argv(sender, recipients)
     feed = isinstance(message, bytes)
+    env = dict(os.environ, MSMTPD_SENDER=sender or NULL_SENDER) if command.shell else None
     try:
         process = subprocess.Popen(
             argv,
+            env=env,
             stdin=message if isinstance(message, int) else subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -9,7 +9,6 @@ the session logs user names and outcomes only.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 from typing import Optional
 
@@ -54,6 +53,8 @@ def open_handler(target: str) -> Optional[logging.Handler]:
         return None
     handler: logging.Handler
     if target == "syslog":
+        import logging.handlers
+
         handler = logging.handlers.SysLogHandler(
             SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
         handler.setFormatter(logging.Formatter("msmtpd[%(process)d]: %(message)s"))

@@ -43,13 +43,16 @@ class Spool:
     def too_big(self) -> bool:
         return 0 < self.max_size < self.size
 
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
+    def write(self, data: bytes, counted: bool = True) -> None:
+        """Store ``data``; ``counted=False`` for the server's own trace
+        header, which must not count against the client's size limit."""
+        if counted:
+            self.size += len(data)
         if self.too_big or self.error is not None:
             return
         try:
             if self._memory is not None:
-                if self.size <= self._memory_limit:
+                if self._memory.tell() + len(data) <= self._memory_limit:
                     self._memory.write(data)
                     return
                 self._roll_over()

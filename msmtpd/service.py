@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
 from typing import IO, Any, Optional
 
 from msmtpd import logs
-from msmtpd.auth import FailureClock, PasswordCheck, obtain_password
 from msmtpd.config import Config, ConfigError
 from msmtpd.delivery import Deliverer, PipeCommand
 from msmtpd.session import Session, Settings
@@ -18,12 +16,13 @@ from msmtpd.stream import LineReader
 log = logging.getLogger("msmtpd")
 
 
-@dataclass
 class Service:
-    config: Config
-    command: PipeCommand
-    settings: Settings
-    log_handler: Optional[logging.Handler]
+    def __init__(self, config: Config, command: PipeCommand, settings: Settings,
+                 log_handler: Optional[logging.Handler]) -> None:
+        self.config = config
+        self.command = command
+        self.settings = settings
+        self.log_handler = log_handler
 
     def session(self, reader: LineReader, writer: IO[bytes], peer: str) -> Session:
         deliver = Deliverer(self.command, self.config.command_timeout, peer)
@@ -48,6 +47,8 @@ def prepare(config: Config, shared_failure_time: Any = None) -> Service:
     settings = Settings(hostname=socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir)
     if config.auth_user is not None:
+        from msmtpd.auth import FailureClock, PasswordCheck, obtain_password
+
         password = obtain_password(config.auth_user, config.auth_passwordeval)
         settings.auth = PasswordCheck(config.auth_user, password, FailureClock(shared_failure_time))
     return Service(config, command, settings, handler)

@@ -13,7 +13,6 @@ import base64
 import binascii
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import IO, Callable, Dict, List, Optional, Protocol
 
 from msmtpd import replies
@@ -55,20 +54,25 @@ class Authenticator(Protocol):
     def failed(self) -> None: ...
 
 
-@dataclass
 class Settings:
-    hostname: str = "localhost"
-    max_size: int = 0
-    spool_dir: Optional[str] = None
-    auth: Optional[Authenticator] = None
+    """What a session needs to know of the configuration."""
+
+    def __init__(self, hostname: str = "localhost", max_size: int = 0,
+                 spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None) -> None:
+        self.hostname = hostname
+        self.max_size = max_size
+        self.spool_dir = spool_dir
+        self.auth = auth
 
 
-@dataclass
 class Envelope:
-    sender: str = ""
-    recipients: List[str] = field(default_factory=list)
-    smtputf8: bool = False
-    body: str = "7BIT"
+    """One transaction's sender, recipients and MAIL parameters."""
+
+    def __init__(self, sender: str = "", recipients: Optional[List[str]] = None) -> None:
+        self.sender = sender
+        self.recipients: List[str] = list(recipients or [])
+        self.smtputf8 = False
+        self.body = "7BIT"
 
 
 class Closed(Exception):
@@ -114,8 +118,8 @@ class Session:
         long or makes too many mistakes (False)."""
         host = self.settings.hostname
         log.info("session from %s", self.peer or "unknown peer")
-        self.reply(replies.GREETING.format(host=host))
         try:
+            self.reply(replies.GREETING.format(host=host))
             while True:
                 line = self.reader.readline(MAX_COMMAND_LINE + 1)
                 if not line:
@@ -430,7 +434,7 @@ class Session:
         self.reply(replies.START_DATA, final=True)
         spool = Spool(self.settings.max_size, self.settings.spool_dir)
         try:
-            spool.write(self._received_header(envelope))
+            spool.write(self._received_header(envelope), counted=False)
             if not receive_data(self.reader, spool):
                 log.info("%s: client disconnected during DATA; nothing delivered",
                          self.peer or "client")

@@ -145,4 +145,4 @@ def cmdline(pid: int) -> str:
 def run_inetd(args: Sequence[str], conversation: bytes, timeout: float = 20.0
               ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([program("msmtpd"), "--inetd", *args], input=conversation,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                          capture_output=True, timeout=timeout)

@@ -1,0 +1,250 @@
+"""The command line: msmtpd-compatible options, defaults, and one-line usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any, List, Sequence
+
+import pytest
+
+from msmtpd import __version__
+from msmtpd.cli import EXIT_NOT_RUNNING, HELP_TEXT, UsageError, main, parse_args
+from msmtpd.config import Config, ConfigError
+from tests.helpers import program
+
+# (option, value, Config attribute, expected attribute value)
+VALUE_OPTIONS = [
+    ("--interface", "::1", "interfaces", ["::1"]),
+    ("--interface", "192.0.2.10", "interfaces", ["192.0.2.10"]),
+    ("--port", "2500", "port", 2500),
+    ("--log", "syslog", "log", "syslog"),
+    ("--log", "/var/log/msmtpd.log", "log", "/var/log/msmtpd.log"),
+    ("--log", "-", "log", "-"),
+    ("--command", "/usr/bin/msmtp -a work -f %F --", "command", "/usr/bin/msmtp -a work -f %F --"),
+    ("--auth", "mailer", "auth_user", "mailer"),
+    ("--timeout", "30", "timeout", 30.0),
+    ("--timeout", "0.5", "timeout", 0.5),
+    ("--command-timeout", "12", "command_timeout", 12.0),
+    ("--max-size", "1048576", "max_size", 1048576),
+    ("--max-size", "0", "max_size", 0),
+    ("--max-sessions", "4", "max_sessions", 4),
+    ("--pidfile", "/run/msmtpd.pid", "pidfile", "/run/msmtpd.pid"),
+    ("--user", "mail:mail", "user", "mail:mail"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "attribute", "expected"), VALUE_OPTIONS)
+def test_option_with_equals(option: str, value: str, attribute: str, expected: Any) -> None:
+    """Every option taking a value works as ``--opt=value``."""
+    assert getattr(parse_args([f"{option}={value}"]), attribute) == expected
+
+
+@pytest.mark.parametrize(("option", "value", "attribute", "expected"), VALUE_OPTIONS)
+def test_option_with_separate_value(option: str, value: str, attribute: str, expected: Any) -> None:
+    """Every option taking a value works as ``--opt value``."""
+    assert getattr(parse_args([option, value]), attribute) == expected
+
+
+@pytest.mark.parametrize(("flag", "attribute"), [("--inetd", "inetd"), ("--daemon", "daemon")])
+def test_flags(flag: str, attribute: str) -> None:
+    """Flags without a value set their switch."""
+    assert getattr(parse_args([flag]), attribute) is True
+    assert getattr(parse_args([]), attribute) is False
+
+
+def test_auth_with_passwordeval() -> None:
+    """``--auth=USER,CMD`` splits the user from the passwordeval command (which may hold commas)."""
+    config = parse_args(["--auth=mailer,gpg -q -d ~/pw.gpg,x"])
+    assert config.auth_user == "mailer"
+    assert config.auth_passwordeval == "gpg -q -d ~/pw.gpg,x"
+    assert parse_args(["--auth", "mailer"]).auth_passwordeval is None
+
+
+def test_interface_may_be_repeated() -> None:
+    """--interface can be given more than once."""
+    assert parse_args(["--interface=127.0.0.1", "--interface", "::1"]).interfaces == ["127.0.0.1", "::1"]
+
+
+def test_defaults() -> None:
+    """Without options: 127.0.0.1, port 25, ``msmtp -f %F --``, timeouts 300 s,
+    no size limit, 16 sessions, no logging, no auth."""
+    config = parse_args([])
+    assert config == Config()
+    assert config.interfaces == ["127.0.0.1"]
+    assert config.port == 25
+    assert config.command == "msmtp -f %F --"
+    assert config.timeout == 300
+    assert config.command_timeout == 300
+    assert config.max_size == 0
+    assert config.max_sessions == 16
+    assert config.log == "none"
+    assert config.auth_user is None
+    assert config.inetd is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "attribute", "expected"),
+    [
+        (["--inet"], "inetd", True),
+        (["--inte=::1"], "interfaces", ["::1"]),
+        (["--por=2525"], "port", 2525),
+        (["--aut", "mailer"], "auth_user", "mailer"),
+        (["--pid=/run/m.pid"], "pidfile", "/run/m.pid"),
+        (["--command-t=5"], "command_timeout", 5.0),
+        (["--max-si=10"], "max_size", 10),
+        (["--max-se=2"], "max_sessions", 2),
+        (["--ti=9"], "timeout", 9.0),
+    ],
+)
+def test_unambiguous_abbreviations(argv: List[str], attribute: str, expected: Any) -> None:
+    """Unambiguous prefixes of long options are accepted (``--inet``)."""
+    assert getattr(parse_args(argv), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "attribute", "expected"),
+    [
+        (["--comm=cat"], "command", "cat"),
+        (["--co", "cat"], "command", "cat"),
+        (["--p=2525"], "port", 2525),
+    ],
+)
+def test_abbreviations_keep_their_meaning_from_the_original(
+        argv: List[str], attribute: str, expected: Any) -> None:
+    """``--comm`` meant --command in the C msmtpd; --command-timeout, an option
+    it never had, does not make that abbreviation ambiguous."""
+    assert getattr(parse_args(argv), attribute) == expected
+
+
+@pytest.mark.parametrize("argv", [["--in"], ["--max=1"], ["--max-s=1"]])
+def test_ambiguous_abbreviations_fail(argv: List[str]) -> None:
+    """A prefix matching more than one option is a usage error."""
+    with pytest.raises(UsageError, match="ambiguous"):
+        parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port="], ["--port", ""], ["--interface="], ["--command="], ["--log="], ["--auth="],
+        ["--timeout="], ["--command-timeout="], ["--max-size="], ["--max-sessions="], ["--pidfile="],
+        ["--user="],
+    ],
+)
+def test_empty_values_are_refused(argv: List[str]) -> None:
+    """An option given an empty value is a usage error."""
+    with pytest.raises((UsageError, ConfigError)):
+        parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--bogus"], ["--port=2500", "surplus"], ["-p", "25"], ["--port"], ["--port=0"], ["--port=65536"],
+        ["--port=abc"], ["--port=-1"], ["--port= 25"], ["--interface=localhost"], ["--interface=256.0.0.1"],
+        ["--interface=nonsense"], ["--timeout=0"], ["--timeout=-5"], ["--timeout", "-5"], ["--timeout=abc"],
+        ["--timeout=nan"], ["--timeout=inf"], ["--command-timeout=0"], ["--max-size=-1"], ["--max-size=1k"],
+        ["--max-sessions=0"], ["--auth=,cmd"], ["--auth=user,"], ["--command=   "], ["--inetd", "--daemon"],
+        ["--inetd", "--pidfile=/run/x.pid"], ["--inetd=yes"],
+    ],
+)
+def test_usage_errors_in_process(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """main() answers every usage error with exit 3 and one ``msmtpd: `` line on stderr."""
+    assert main(argv) == EXIT_NOT_RUNNING
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("msmtpd: ")
+    assert err.endswith("\n") and err.count("\n") == 1
+
+
+def run_msmtpd(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script (never the pyenv shim nor the C original)."""
+    return subprocess.run([program("msmtpd"), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--bogus"], ["surplus"], ["--in"], ["--port="], ["--port=0"], ["--port=65536"], ["--port=abc"],
+        ["--interface=not-an-ip"], ["--timeout=abc"], ["--timeout=0"], ["--command="],
+    ],
+)
+def test_usage_errors_from_the_installed_program(argv: List[str]) -> None:
+    """The real program: exit 3, exactly one ``msmtpd: `` line on stderr, nothing on stdout, no traceback."""
+    result = run_msmtpd(argv)
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith("msmtpd: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--port=0"], ["port", "0"]),
+        (["--port=65536"], ["port", "65536"]),
+        (["--interface=nonsense"], ["interface", "nonsense"]),
+        (["--timeout=abc"], ["timeout", "abc"]),
+        (["--bogus"], ["--bogus"]),
+        (["surplus"], ["surplus"]),
+        (["--in"], ["--in"]),
+        (["--port="], ["--port"]),
+    ],
+)
+def test_usage_errors_say_what_is_wrong(argv: List[str], words: List[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The error line names the offending option or value."""
+    main(argv)
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+
+
+OPTIONS = ["--version", "--help", "--inetd", "--interface", "--port", "--log", "--command", "--auth",
+           "--timeout", "--command-timeout", "--max-size", "--max-sessions", "--daemon", "--pidfile",
+           "--user"]
+
+
+def test_help_lists_every_option_and_its_default() -> None:
+    """--help exits 0 and lists each option with its default."""
+    result = run_msmtpd(["--help"])
+    assert result.returncode == 0
+    assert result.stderr == ""
+    text = result.stdout
+    assert text == HELP_TEXT
+    for option in OPTIONS:
+        assert option in text, option
+    for default in ("(default 127.0.0.1)", "(default 25)", "(default 'msmtp -f %F --')", "(default 300)",
+                    "(default 0)", "(default 16)", "no logging (default)"):
+        assert default in text, default
+    assert text.count("(default 300)") == 2
+
+
+def test_help_after_other_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help among valid options still prints help and exits 0."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--port=2500", "--help"])
+    assert stop.value.code == 0
+    assert "Usage: msmtpd" in capsys.readouterr().out
+
+
+def test_version() -> None:
+    """--version prints ``msmtpd version X`` and a licence line, and exits 0."""
+    result = run_msmtpd(["--version"])
+    assert result.returncode == 0
+    assert result.stderr == ""
+    first, *rest = result.stdout.splitlines()
+    assert first == f"msmtpd version {__version__}"
+    assert any(line.startswith("License ") or "licence" in line.lower() for line in rest)
+
+
+def test_python_m_msmtpd_version() -> None:
+    """``python -m msmtpd --version`` works like the console script."""
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "msmtpd", "--version"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"msmtpd version {__version__}\n")

@@ -33,6 +33,7 @@ NULL_SENDER = "MAILER-DAEMON"
 TEMPORARY_STATUSES = {68: "EX_NOHOST", 69: "EX_UNAVAILABLE", 71: "EX_OSERR", 75: "EX_TEMPFAIL"}
 # How much of the command's standard error is kept for the log.
 STDERR_KEEP = 4096
+PIPE_CHUNK = 64 * 1024
 STDERR_LOG_LINES = 3
 # Characters that only mean something to a shell; any of them sends the
 # command through /bin/sh.
@@ -122,11 +123,10 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
             message: bytes | int, timeout: Optional[float]) -> Outcome:
     """Run ``command`` with ``message`` (bytes, or a file descriptor at the
     start of the message) on its standard input and wait for it, at most
-    ``timeout`` seconds.  Its standard output is discarded; its standard
-    error is kept for the log."""
+    ``timeout`` seconds.  Its standard output is discarded; the first
+    ``STDERR_KEEP`` bytes of its standard error are kept for the log."""
     started = time.monotonic()
     argv = command.argv(sender, recipients)
-    feed = isinstance(message, bytes)
     env = dict(os.environ, MSMTPD_SENDER=sender or NULL_SENDER) if command.shell else None
     try:
         process = subprocess.Popen(
@@ -140,21 +140,70 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     except OSError as exc:
         why = f"cannot run {argv[0]}: {exc.strerror}"
         return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, "", time.monotonic() - started)
+    deadline = None if timeout is None else started + timeout
     try:
-        _, err = process.communicate(message if feed else None, timeout=timeout)  # type: ignore[arg-type]
+        err = _exchange(process, message if isinstance(message, bytes) else None, deadline)
+        process.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
     except subprocess.TimeoutExpired:
         _kill_group(process)
-        err = _drain(process)
+        process.wait()
         why = f"command timed out after {timeout:g} s"
-        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(err), time.monotonic() - started)
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, "", time.monotonic() - started)
     except BaseException:
         _kill_group(process)
-        _drain(process)
+        process.wait()
         raise
+    finally:
+        for pipe in (process.stdin, process.stderr):
+            if pipe is not None:
+                pipe.close()
     returncode = process.returncode
     if command.shell and SHELL_SIGNALLED < returncode < SHELL_SIGNALLED + signal.NSIG:
         returncode = SHELL_SIGNALLED - returncode  # /bin/sh reports a killed child as 128+n
     return _judge(returncode, _text(err), time.monotonic() - started)
+
+
+def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
+              deadline: Optional[float]) -> bytes:
+    """Feed ``data`` to the command while reading its standard error, like
+    ``communicate`` but keeping only the head of a flood of stderr.  A
+    command that exits without reading its input is not an error here:
+    its exit status will say what happened."""
+    import selectors
+
+    assert process.stderr is not None
+    kept = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        view = memoryview(data or b"")
+        stdin = process.stdin
+        if stdin is not None:
+            if view:
+                os.set_blocking(stdin.fileno(), False)
+                selector.register(stdin, selectors.EVENT_WRITE)
+            else:
+                stdin.close()
+        while selector.get_map():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise subprocess.TimeoutExpired(process.args, 0)
+            for key, _ in selector.select(remaining):
+                if key.fileobj is stdin:
+                    assert stdin is not None
+                    try:
+                        view = view[os.write(stdin.fileno(), view[:PIPE_CHUNK]):]
+                    except BrokenPipeError:
+                        view = view[:0]
+                    if not view:
+                        selector.unregister(stdin)
+                        stdin.close()
+                else:
+                    chunk = os.read(process.stderr.fileno(), PIPE_CHUNK)
+                    if not chunk:
+                        selector.unregister(process.stderr)
+                    elif len(kept) < STDERR_KEEP:
+                        kept += chunk[: STDERR_KEEP - len(kept)]
+    return bytes(kept)
 
 
 def _judge(returncode: int, stderr: str, seconds: float) -> Outcome:
@@ -185,19 +234,6 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:
         pass
-
-
-def _drain(process: subprocess.Popen[bytes]) -> bytes:
-    """Reap a killed command; a descendant that escaped its process group
-    may hold stderr open, so do not wait for that pipe for long."""
-    try:
-        _, err = process.communicate(timeout=1)
-        return err or b""
-    except subprocess.TimeoutExpired:
-        if process.stderr is not None:
-            process.stderr.close()
-        process.wait()
-        return b""
 
 
 def _text(err: Optional[bytes]) -> str:

@@ -9,7 +9,7 @@ from typing import List
 from msmtpd.config import ConfigError
 
 # Connections beyond the busy workers wait in the kernel's queue.
-BACKLOG = 128
+BACKLOG = max(socket.SOMAXCONN, 128)
 
 
 def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:

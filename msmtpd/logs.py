@@ -19,6 +19,33 @@ _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "
                 logging.ERROR: "error", logging.CRITICAL: "error"}
 
 
+class _ReportOnce:
+    """A log target that fails (disk full, file gone read-only) must not
+    stop the service nor flood stderr with tracebacks: say it once."""
+
+    reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if _ReportOnce.reported:
+            return
+        _ReportOnce.reported = True
+        import sys as _sys
+
+        exc = _sys.exc_info()[1]
+        where = getattr(self, "baseFilename", None) or getattr(self, "address", "the log")
+        message = f"cannot write to {where}: {exc}; log lines are lost until it works again"
+        try:
+            _sys.stderr.write(f"msmtpd: {message}\n")
+            _sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        if not where == SYSLOG_SOCKET:  # a daemon's stderr is /dev/null: tell syslog too
+            import syslog
+
+            syslog.openlog("msmtpd", syslog.LOG_PID, syslog.LOG_MAIL)
+            syslog.syslog(syslog.LOG_ERR, message)
+
+
 class _Formatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s msmtpd[%(process)d] %(lowername)s: %(message)s",
@@ -29,19 +56,23 @@ class _Formatter(logging.Formatter):
         return super().format(record)
 
 
-class ReopenableFileHandler(logging.FileHandler):
+class ReopenableFileHandler(_ReportOnce, logging.FileHandler):
     """A log file that can be reopened after logrotate renamed it (SIGHUP)."""
 
     def reopen(self) -> None:
         self.acquire()
         try:
             self.close()
-            self.stream = self._open()
+            try:
+                self.stream = self._open()
+                _ReportOnce.reported = False
+            except OSError as exc:
+                self.handleError(logging.makeLogRecord({"msg": str(exc)}))
         finally:
             self.release()
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(_ReportOnce, logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
@@ -55,8 +86,10 @@ def open_handler(target: str) -> Optional[logging.Handler]:
     if target == "syslog":
         import logging.handlers
 
-        handler = logging.handlers.SysLogHandler(
-            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        class _SysLog(_ReportOnce, logging.handlers.SysLogHandler):
+            pass
+
+        handler = _SysLog(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
         handler.setFormatter(logging.Formatter("msmtpd[%(process)d]: %(message)s"))
         return handler
     if target == "-":
@@ -68,6 +101,7 @@ def open_handler(target: str) -> Optional[logging.Handler]:
 
 
 def install(handler: Optional[logging.Handler]) -> None:
+    logging.raiseExceptions = False
     log.propagate = False
     for old in list(log.handlers):
         log.removeHandler(old)

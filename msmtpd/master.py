@@ -75,6 +75,7 @@ class Master:
 
     def run(self) -> int:
         self._install_signals()
+        _become_subreaper()
         if self.pidfile is not None:
             self.pidfile.write(os.getpid())
         _title(f"master {describe(self.sockets)}")
@@ -167,7 +168,7 @@ class Master:
                 return
             started = self.workers.pop(pid, None)
             if started is None:
-                continue
+                continue  # an orphan we adopted as subreaper, now reaped
             self.booted.discard(pid)
             if self.stopping:
                 continue
@@ -180,12 +181,30 @@ class Master:
             # whole group), not a crash; it is replaced all the same.
             log.log(logging.INFO if code == 0 else logging.ERROR,
                     "worker %d ended (%s); replacing it", pid, how)
+            self._end_orphaned_commands()
             if time.monotonic() - started < BOOT_GRACE_SECONDS:
                 self.fast_deaths += 1
                 delay = min(0.1 * 2 ** (self.fast_deaths - 1), MAX_RESPAWN_DELAY)
                 self.next_spawn = time.monotonic() + delay
             else:
                 self.fast_deaths = 0
+
+    def _end_orphaned_commands(self) -> None:
+        """A delivery command whose worker died is now our child (we are its
+        subreaper).  Nobody will acknowledge its mail, so it must not go on
+        to deliver it: kill its process group.  A command leads its own
+        group (``start_new_session``); other adopted processes, left in the
+        background by finished commands, are only reaped."""
+        for pid in _children():
+            if pid in self.workers:
+                continue
+            try:
+                if os.getpgid(pid) != pid:
+                    continue
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                continue
+            log.error("ended delivery command %d: its worker died before answering", pid)
 
     def _spawn_missing(self) -> None:
         if self.stopping or time.monotonic() < self.next_spawn:
@@ -269,6 +288,29 @@ class Master:
         except OSError:
             pass
         self.ready_fd = None
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Adopt the delivery commands of workers that die (Linux only)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _children() -> List[int]:
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(word) for word in listing.read().split()]
+    except OSError:
+        return []
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import socketserver
+import time
 from typing import Any, Callable, List, Optional
 
 from msmtpd import logs
@@ -47,12 +48,14 @@ class SessionRecv:
 
     def __call__(self, size: int) -> bytes:
         watch: List[Any] = [self.connection, self.worker.wake_fd]
+        deadline = time.monotonic() + self.timeout
         while True:
             if self.worker.stopping and self.interruptible():
                 raise ShutdownRequested()
-            ready, _, _ = select.select(watch, [], [], self.timeout)
-            if not ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TimeoutError("idle timeout")
+            ready, _, _ = select.select(watch, [], [], min(remaining, PARENT_CHECK_SECONDS))
             if self.connection in ready:
                 return self.connection.recv(size)
             self.worker.handle_signals()
@@ -113,6 +116,7 @@ class Worker:
         self.status_fd = status_fd
         self.user = user
         self.stopping = False
+        self.stop_requested = False
         self.reopen_log = False
         self.wake_fd = -1
 
@@ -151,11 +155,12 @@ class Worker:
     def _on_signal(self, signum: int, frame: object) -> None:
         # Only record; the loop does the work.
         if signum == signal.SIGTERM:
-            self.stopping = True
+            self.stop_requested = True
         elif signum == signal.SIGHUP:
             self.reopen_log = True
 
     def handle_signals(self) -> None:
+        """Act on what the signal handlers recorded, and on the master's death."""
         try:
             while os.read(self.wake_fd, 512):
                 pass
@@ -164,16 +169,23 @@ class Worker:
         if self.reopen_log:
             self.reopen_log = False
             logs.reopen()
+        if self.stop_requested or os.getppid() != self.master_pid:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop accepting at once; a running session ends after its transaction."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for sock in self.sockets:
+            sock.close()
 
     def _serve(self) -> None:
         server = WorkerServer(self)
         watch: List[Any] = [*self.sockets, self.wake_fd]
         while not self.stopping:
             ready, _, _ = select.select(watch, [], [], PARENT_CHECK_SECONDS)
-            if os.getppid() != self.master_pid:
-                return  # the master is gone: nobody supervises us any more
-            if self.wake_fd in ready:
-                self.handle_signals()
+            self.handle_signals()  # also notices a master that is gone
             for listener in ready:
                 if listener is self.wake_fd or self.stopping:
                     continue

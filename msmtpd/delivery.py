@@ -34,6 +34,8 @@ TEMPORARY_STATUSES = {68: "EX_NOHOST", 69: "EX_UNAVAILABLE", 71: "EX_OSERR", 75:
 # How much of the command's standard error is kept for the log.
 STDERR_KEEP = 4096
 PIPE_CHUNK = 64 * 1024
+# While waiting for the command's pipes, check this often whether it exited.
+EXIT_CHECK_SECONDS = 0.1
 STDERR_LOG_LINES = 3
 # Characters that only mean something to a shell; any of them sends the
 # command through /bin/sh.
@@ -184,10 +186,15 @@ def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
             else:
                 stdin.close()
         while selector.get_map():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise subprocess.TimeoutExpired(process.args, 0)
-            for key, _ in selector.select(remaining):
+            remaining = EXIT_CHECK_SECONDS
+            if deadline is not None:
+                remaining = min(deadline - time.monotonic(), remaining)
+                if remaining <= 0:
+                    raise subprocess.TimeoutExpired(process.args, 0)
+            events = selector.select(remaining)
+            if not events and process.poll() is not None:
+                break  # it exited; a background child of it may hold stderr open
+            for key, _ in events:
                 if key.fileobj is stdin:
                     assert stdin is not None
                     try:

@@ -34,16 +34,29 @@ class _ReportOnce:
         exc = _sys.exc_info()[1]
         where = getattr(self, "baseFilename", None) or getattr(self, "address", "the log")
         message = f"cannot write to {where}: {exc}; log lines are lost until it works again"
-        try:
-            _sys.stderr.write(f"msmtpd: {message}\n")
-            _sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        if _stderr_is_private():
+            try:
+                _sys.stderr.write(f"msmtpd: {message}\n")
+                _sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
         if not where == SYSLOG_SOCKET:  # a daemon's stderr is /dev/null: tell syslog too
             import syslog
 
             syslog.openlog("msmtpd", syslog.LOG_PID, syslog.LOG_MAIL)
             syslog.syslog(syslog.LOG_ERR, message)
+
+
+def _stderr_is_private() -> bool:
+    """False when standard error is the client's connection (xinetd hands
+    the socket over as stdin, stdout and stderr): nothing may go there."""
+    import os
+
+    try:
+        err, out = os.fstat(2), os.fstat(1)
+    except OSError:
+        return False
+    return (err.st_dev, err.st_ino) != (out.st_dev, out.st_ino)
 
 
 class _Formatter(logging.Formatter):

@@ -38,6 +38,7 @@ BOOT_TIMEOUT = 30.0
 # Time granted after SIGKILL for the kernel to let the workers go.
 KILL_WAIT = 5.0
 
+WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
                 signal.SIGCHLD: "chld"}
 
@@ -213,8 +214,13 @@ class Master:
             self._spawn()
 
     def _spawn(self) -> None:
+        # Until the child has its own handlers, a signal sent to it would
+        # land in its copy of the master's queue and be lost: block them
+        # across the fork, and let the worker unblock once it is ready.
+        signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         pid = os.fork()
         if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
             self.workers[pid] = time.monotonic()
             return
         try:

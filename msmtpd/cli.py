@@ -21,6 +21,7 @@ from msmtpd.config import (
     ConfigError,
     parse_auth,
     parse_count,
+    parse_directory,
     parse_interface,
     parse_port,
     parse_seconds,
@@ -61,6 +62,8 @@ Options:
                          (default {DEFAULT_COMMAND_TIMEOUT:g})
   --max-size=BYTES       largest message accepted; 0 means no limit (default 0)
   --max-sessions=N       sessions served at once (default {DEFAULT_MAX_SESSIONS})
+  --spool-dir=DIR        where messages over 1 MiB are spooled while they
+                         arrive (default $TMPDIR or /tmp)
   --daemon               detach from the terminal once listening
   --pidfile=FILE         write and lock FILE holding the master's pid
                          (default none)
@@ -93,7 +96,7 @@ class _Print(argparse.Action):
 
 
 VALUE_OPTIONS = ("interface", "port", "log", "command", "auth", "timeout",
-                 "command_timeout", "max_size", "max_sessions", "pidfile", "user")
+                 "command_timeout", "max_size", "max_sessions", "pidfile", "user", "spool_dir")
 
 
 def _parser() -> _Parser:
@@ -160,6 +163,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         config.max_size = parse_count(args.max_size, "--max-size", 0)
     if args.max_sessions is not None:
         config.max_sessions = parse_count(args.max_sessions, "--max-sessions", 1)
+    if args.spool_dir is not None:
+        config.spool_dir = parse_directory(args.spool_dir, "--spool-dir")
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
     return config

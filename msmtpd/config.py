@@ -78,6 +78,14 @@ def parse_count(text: str, option: str, minimum: int) -> int:
     return int(text)
 
 
+def parse_directory(text: str, option: str) -> str:
+    import os
+
+    if not os.path.isdir(text):
+        raise ConfigError(f"invalid {option} '{text}': not a directory")
+    return os.path.abspath(text)
+
+
 def parse_auth(text: str) -> tuple[str, Optional[str]]:
     user, comma, passwordeval = text.partition(",")
     if not user:

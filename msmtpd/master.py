@@ -126,7 +126,10 @@ class Master:
 
     def _sleep(self, seconds: float) -> None:
         try:
-            ready, _, _ = select.select([self.wake_r, self.status_r], [], [], seconds)
+            # While stopping, late status reports are of no interest: watching
+            # that pipe without reading it would spin.
+            watch = [self.wake_r] if self.stopping else [self.wake_r, self.status_r]
+            ready, _, _ = select.select(watch, [], [], seconds)
         except InterruptedError:
             return
         if self.wake_r in ready:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import time
@@ -36,6 +37,8 @@ STDERR_KEEP = 4096
 PIPE_CHUNK = 64 * 1024
 # While waiting for the command's pipes, check this often whether it exited.
 EXIT_CHECK_SECONDS = 0.1
+# After the command exited, how long its stderr may stay open before we stop reading.
+EXIT_GRACE_SECONDS = 0.1
 STDERR_LOG_LINES = 3
 # Characters that only mean something to a shell; any of them sends the
 # command through /bin/sh.
@@ -145,7 +148,8 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     deadline = None if timeout is None else started + timeout
     try:
         err = _exchange(process, message if isinstance(message, bytes) else None, deadline)
-        process.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        process.wait(None if deadline is None or process.poll() is not None
+                     else max(deadline - time.monotonic(), 0))
     except subprocess.TimeoutExpired:
         _kill_group(process)
         process.wait()
@@ -167,50 +171,76 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
 
 def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
               deadline: Optional[float]) -> bytes:
-    """Feed ``data`` to the command while reading its standard error, like
-    ``communicate`` but keeping only the head of a flood of stderr.  A
-    command that exits without reading its input is not an error here:
-    its exit status will say what happened."""
-    import selectors
-
+    """Feed ``data`` to the command while reading its standard error, until
+    it has exited: like ``communicate`` but keeping only the head of a
+    flood of stderr, and waiting on a pidfd instead of polling.  A command
+    that exits without reading its input is not an error here: its exit
+    status will say what happened.  Raises TimeoutExpired at ``deadline``."""
     assert process.stderr is not None
+    stdin, stderr = process.stdin, process.stderr
     kept = bytearray()
+    view = memoryview(data or b"")
+    pidfd = _pidfd(process.pid)
+    exited_at: Optional[float] = None
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        view = memoryview(data or b"")
-        stdin = process.stdin
+        selector.register(stderr, selectors.EVENT_READ)
+        if pidfd is not None:
+            selector.register(pidfd, selectors.EVENT_READ)
         if stdin is not None:
             if view:
                 os.set_blocking(stdin.fileno(), False)
                 selector.register(stdin, selectors.EVENT_WRITE)
             else:
                 stdin.close()
-        while selector.get_map():
-            remaining = EXIT_CHECK_SECONDS
-            if deadline is not None:
-                remaining = min(deadline - time.monotonic(), remaining)
-                if remaining <= 0:
+        try:
+            while stderr in selector.get_map() or exited_at is None:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     raise subprocess.TimeoutExpired(process.args, 0)
-            events = selector.select(remaining)
-            if not events and process.poll() is not None:
-                break  # it exited; a background child of it may hold stderr open
-            for key, _ in events:
-                if key.fileobj is stdin:
-                    assert stdin is not None
-                    try:
-                        view = view[os.write(stdin.fileno(), view[:PIPE_CHUNK]):]
-                    except BrokenPipeError:
-                        view = view[:0]
-                    if not view:
-                        selector.unregister(stdin)
-                        stdin.close()
-                else:
-                    chunk = os.read(process.stderr.fileno(), PIPE_CHUNK)
-                    if not chunk:
-                        selector.unregister(process.stderr)
-                    elif len(kept) < STDERR_KEEP:
-                        kept += chunk[: STDERR_KEEP - len(kept)]
+                wait = None if deadline is None else deadline - now
+                if pidfd is None:  # no pidfd (old kernel): look now and then
+                    wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
+                if exited_at is not None:  # it exited: a little longer for its last words
+                    grace = exited_at + EXIT_GRACE_SECONDS - now
+                    wait = grace if wait is None else min(wait, grace)
+                events = selector.select(max(wait, 0) if wait is not None else None)
+                if not events:
+                    if exited_at is not None:
+                        break  # a background child of the command holds stderr open
+                    if pidfd is None and process.poll() is not None:
+                        exited_at = time.monotonic()
+                    continue
+                for key, _ in events:
+                    if key.fileobj is stdin:
+                        assert stdin is not None
+                        try:
+                            view = view[os.write(stdin.fileno(), view[:PIPE_CHUNK]):]
+                        except BrokenPipeError:
+                            view = view[:0]
+                        if not view:
+                            selector.unregister(stdin)
+                            stdin.close()
+                    elif key.fileobj is stderr:
+                        chunk = os.read(stderr.fileno(), PIPE_CHUNK)
+                        if not chunk:
+                            selector.unregister(stderr)
+                        elif len(kept) < STDERR_KEEP:
+                            kept += chunk[: STDERR_KEEP - len(kept)]
+                    else:
+                        selector.unregister(key.fileobj)
+                        exited_at = time.monotonic()
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
     return bytes(kept)
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _judge(returncode: int, stderr: str, seconds: float) -> Outcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import time
 from typing import IO, Callable, Dict, List, Optional, Protocol
 
@@ -37,6 +38,8 @@ MAX_AUTH_FAILURES = 3
 MAX_HELO_IN_HEADER = 255
 
 BODY_TYPES = ("7BIT", "8BITMIME")
+# Control characters other than TAB have no place in a command line.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Deliver(Protocol):
@@ -489,7 +492,7 @@ def _decode_line(raw: bytes) -> Optional[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+    if _CONTROL.search(text):
         return None
     return text.strip()
 

@@ -132,7 +132,9 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     ``STDERR_KEEP`` bytes of its standard error are kept for the log."""
     started = time.monotonic()
     argv = command.argv(sender, recipients)
-    env = dict(os.environ, MSMTPD_SENDER=sender or NULL_SENDER) if command.shell else None
+    # Also for direct commands: a wrapper script run where %F cannot be
+    # written (xinetd's server_args has no quoting) still learns the sender.
+    env = dict(os.environ, MSMTPD_SENDER=sender or NULL_SENDER)
     try:
         process = subprocess.Popen(
             argv,

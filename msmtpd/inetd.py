@@ -34,6 +34,10 @@ def peer_of(fd: int) -> str:
 
 def run_inetd(config: Config) -> int:
     service = prepare(config)
+    if config.user is not None:
+        from msmtpd import privileges
+
+        privileges.drop(config.user)
     stdin = sys.stdin.fileno()
     reader = LineReader(fd_recv(stdin, config.timeout))
     writer = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=64 * 1024)

@@ -106,6 +106,8 @@ def open_handler(target: str) -> Optional[logging.Handler]:
         handler.setFormatter(logging.Formatter("msmtpd[%(process)d]: %(message)s"))
         return handler
     if target == "-":
+        if not _stderr_is_private():
+            return None  # under xinetd stderr is the client's socket: log nothing there
         handler = _StderrHandler()
     else:
         handler = ReopenableFileHandler(target, encoding="utf-8")

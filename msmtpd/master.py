@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from msmtpd.config import Config, ConfigError
+from msmtpd import privileges
+from msmtpd.config import Config
 from msmtpd.listen import bind_all, describe
 from msmtpd.pidfile import PidFile
 from msmtpd.service import Service, prepare
@@ -268,6 +269,8 @@ class Master:
             if self.signal_queue:
                 signum = self.signal_queue.pop(0)
                 getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+            self.reap()  # a worker killed while it boots is replaced, not waited for
+            self._spawn_missing()
 
     def _stop_workers(self, graceful: bool) -> None:
         """Stop accepting, SIGTERM each worker once, wait, then SIGKILL."""
@@ -332,41 +335,14 @@ def _kill(pid: int, signum: int) -> None:
 
 def _hand_log_to_user(config: Config) -> None:
     """A log file created by root must stay writable for the workers."""
-    if config.user is None or config.log in ("none", "syslog", "-") or os.getuid() != 0:
-        return
-    import grp
-    import pwd
-
-    user, _, group = config.user.partition(":")
-    entry = pwd.getpwnam(user)
-    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
-    try:
-        os.chown(config.log, entry.pw_uid, gid)
-    except OSError:
-        pass
-
-
-def _check_user(spec: Optional[str]) -> None:
-    if spec is None:
-        return
-    import grp
-    import pwd
-
-    user, _, group = spec.partition(":")
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        raise ConfigError(f"invalid --user: no such user '{user}'") from None
-    if group:
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            raise ConfigError(f"invalid --user: no such group '{group}'") from None
+    if config.user is not None and config.log not in ("none", "syslog", "-"):
+        privileges.hand_over(config.log, config.user)
 
 
 def run_master(config: Config) -> int:
     """Check, bind, lock the pid file, then serve (in the background with --daemon)."""
-    _check_user(config.user)
+    if config.user is not None:
+        privileges.resolve(config.user)
     shared: Any = None
     if config.auth_user is not None:
         import multiprocessing

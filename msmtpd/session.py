@@ -237,11 +237,15 @@ class Session:
         return replies.HELP.format(auth=auth)
 
     def smtp_VRFY(self, argument: str) -> Reply:
+        if self._needs_auth():
+            return replies.AUTH_REQUIRED
         if not argument:
             return replies.SYNTAX.format(usage="VRFY address")
         return replies.VRFY_CANNOT
 
     def smtp_EXPN(self, argument: str) -> Reply:
+        if self._needs_auth():
+            return replies.AUTH_REQUIRED
         return replies.EXPN_REFUSED
 
     def smtp_QUIT(self, argument: str) -> Reply:

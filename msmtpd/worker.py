@@ -8,9 +8,7 @@ A forked worker always leaves through ``os._exit``.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import select
 import signal
 import socket
@@ -18,7 +16,7 @@ import socketserver
 import time
 from typing import Any, Callable, List, Optional
 
-from msmtpd import logs
+from msmtpd import logs, privileges
 from msmtpd.service import Service
 from msmtpd.stream import LineReader, ShutdownRequested
 
@@ -150,7 +148,7 @@ class Worker:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         if self.user is not None:
-            drop_privileges(self.user)
+            privileges.drop(self.user)
         _title("worker idle")
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -214,19 +212,3 @@ class Worker:
             os.write(self.status_fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
         except OSError:
             pass
-
-
-def drop_privileges(spec: str) -> None:
-    """Become USER[:GROUP]; raises with a message fit for the terminal."""
-    user, _, group = spec.partition(":")
-    entry = pwd.getpwnam(user)
-    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
-    if os.getuid() == entry.pw_uid and os.getgid() == gid:
-        return
-    try:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(entry.pw_uid)
-    except OSError as exc:
-        raise RuntimeError(f"cannot switch to user {spec}: {exc.strerror}") from None
-    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)

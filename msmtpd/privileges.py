@@ -1,0 +1,60 @@
+"""``--user=USER[:GROUP]``: who sessions and the pipe command run as."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from typing import NamedTuple
+
+from msmtpd.config import ConfigError
+
+
+class Account(NamedTuple):
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def resolve(spec: str) -> Account:
+    """The account named by USER[:GROUP]; ConfigError when it does not exist."""
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"invalid --user: no such user '{user}'") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"invalid --user: no such group '{group}'") from None
+    return Account(entry.pw_name, entry.pw_uid, gid, entry.pw_dir)
+
+
+def drop(spec: str) -> None:
+    """Become USER[:GROUP] for good; raises ConfigError with a message fit
+    for the terminal when that is not possible."""
+    account = resolve(spec)
+    if os.getuid() == account.uid and os.getgid() == account.gid:
+        return
+    try:
+        os.setgroups([])
+        os.setgid(account.gid)
+        os.setuid(account.uid)
+    except OSError as exc:
+        raise ConfigError(f"cannot switch to user {spec}: {exc.strerror}") from None
+    os.environ.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+
+
+def hand_over(path: str, spec: str) -> None:
+    """Give a file root created (the log) to the account, so it stays
+    writable after the drop."""
+    if os.getuid() != 0:
+        return
+    account = resolve(spec)
+    try:
+        os.chown(path, account.uid, account.gid)
+    except OSError:
+        pass

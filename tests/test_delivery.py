@@ -452,3 +452,15 @@ def test_commands_get_their_own_process_group(tmp_path: Path) -> None:
     out = tmp_path / "ids"
     deliver(PipeCommand(f"cat >/dev/null; cut -d' ' -f5 /proc/$$/stat > {q(out)}; :"), "s@x", [], MESSAGE, 10)
     assert int(out.read_text()) != os.getpgrp()
+
+
+def test_sender_is_in_the_environment_of_direct_commands(tmp_path: Path) -> None:
+    """$MSMTPD_SENDER carries the sender to a command run without a shell
+    too, e.g. a wrapper where %F cannot be written (xinetd)."""
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text('#!/bin/sh\nprintf "[%s]" "$MSMTPD_SENDER" >&2\ncat >/dev/null\n')
+    wrapper.chmod(0o755)
+    command = PipeCommand(str(wrapper))
+    assert not command.shell
+    assert deliver(command, "s@example.org", ["r@x"], b"x\n", 10).stderr == "[s@example.org]"
+    assert deliver(command, "", ["r@x"], b"x\n", 10).stderr == "[MAILER-DAEMON]"

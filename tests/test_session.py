@@ -978,3 +978,10 @@ def test_auth_payload_is_not_echoed(sleeps: List[float]) -> None:
     result = auth_talk(f"AUTH PLAIN {plain()}", "AUTH LOGIN", "QUIT")
     assert PASSWORD.encode() not in result.raw
     assert plain().encode() not in result.raw
+
+
+def test_only_the_greeting_verbs_work_before_auth(sleeps: List[float]) -> None:
+    """Before authenticating, VRFY and EXPN are refused like MAIL (530);
+    NOOP, RSET and HELP still work (contract 8)."""
+    result = auth_talk("VRFY someone", "EXPN list", "NOOP", "RSET", "HELP", "QUIT")
+    assert result.codes[2:] == [530, 530, 250, 250, 214, 221]

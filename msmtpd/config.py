@@ -14,6 +14,11 @@ DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 16
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 class ConfigError(ValueError):
     """A start-up problem; the message is the one line the user sees."""
 
@@ -48,7 +53,7 @@ class Config:
 
 
 def parse_port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not is_number(text) or not 0 < int(text) < 65536:
         raise ConfigError(f"invalid port '{text}': expected a number from 1 to 65535")
     return int(text)
 
@@ -73,7 +78,7 @@ def parse_seconds(text: str, option: str) -> float:
 
 
 def parse_count(text: str, option: str, minimum: int) -> int:
-    if not text.isdigit() or int(text) < minimum:
+    if not is_number(text) or int(text) < minimum:
         raise ConfigError(f"invalid {option} '{text}': expected a whole number of at least {minimum}")
     return int(text)
 

@@ -22,7 +22,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from msmtpd import privileges
-from msmtpd.config import Config
+from msmtpd.config import Config, is_number
 from msmtpd.listen import bind_all, describe
 from msmtpd.pidfile import PidFile
 from msmtpd.service import Service, prepare
@@ -164,6 +164,8 @@ class Master:
     # -- workers ----------------------------------------------------------
 
     def reap(self) -> None:
+        if not self.stopping:
+            self._read_status()  # know which of the dead had reported ready
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -174,6 +176,7 @@ class Master:
             started = self.workers.pop(pid, None)
             if started is None:
                 continue  # an orphan we adopted as subreaper, now reaped
+            was_up = pid in self.booted
             self.booted.discard(pid)
             if self.stopping:
                 continue
@@ -187,7 +190,8 @@ class Master:
             log.log(logging.INFO if code == 0 else logging.ERROR,
                     "worker %d ended (%s); replacing it", pid, how)
             self._end_orphaned_commands()
-            if time.monotonic() - started < BOOT_GRACE_SECONDS:
+            if not was_up or time.monotonic() - started < BOOT_GRACE_SECONDS and code > 0:
+                # It died starting up: replace it, but not in a tight loop.
                 self.fast_deaths += 1
                 delay = min(0.1 * 2 ** (self.fast_deaths - 1), MAX_RESPAWN_DELAY)
                 self.next_spawn = time.monotonic() + delay
@@ -201,8 +205,8 @@ class Master:
         group (``start_new_session``); other adopted processes, left in the
         background by finished commands, are only reaped."""
         for pid in _children():
-            if pid in self.workers:
-                continue
+            if pid in self.workers or _is_zombie(pid):
+                continue  # a command that already finished is merely reaped
             try:
                 if os.getpgid(pid) != pid:
                     continue
@@ -256,7 +260,7 @@ class Master:
             pid_text, _, why = rest.partition(" ")
             if kind == "error":
                 raise Halt(why or f"worker {pid_text} could not start")
-            if kind == "ready" and pid_text.isdigit():
+            if kind == "ready" and is_number(pid_text):
                 self.booted.add(int(pid_text))
 
     def _wait_for_boot(self) -> None:
@@ -323,6 +327,14 @@ def _children() -> List[int]:
             return [int(word) for word in listing.read().split()]
     except OSError:
         return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True  # gone already
 
 
 def _kill(pid: int, signum: int) -> None:

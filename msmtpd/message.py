@@ -70,9 +70,18 @@ class Spool:
         self._memory = None
 
     def contents(self) -> bytes | int:
-        """The message as bytes, or as a file descriptor positioned at its start."""
+        """The whole message as a file descriptor positioned at its start,
+        for the command's standard input.  Always a complete file, never a
+        pipe being written: a worker killed mid-delivery cannot leave the
+        command with half a mail.  Small messages go to an in-memory file
+        (memfd); bytes only where the system has none."""
         if self._memory is not None:
-            return self._memory.getvalue()
+            memfd = _memory_file()
+            if memfd is None:
+                return self._memory.getvalue()
+            self._file = memfd
+            self._file.write(self._memory.getbuffer())
+            self._memory = None
         assert self._file is not None
         self._file.flush()
         os.lseek(self._file.fileno(), 0, os.SEEK_SET)
@@ -100,6 +109,13 @@ class Spool:
 CHUNK = 64 * 1024
 
 
+def _memory_file() -> Optional[IO[bytes]]:
+    try:
+        return os.fdopen(os.memfd_create("msmtpd-message", os.MFD_CLOEXEC), "w+b")
+    except (AttributeError, OSError):
+        return None
+
+
 def _unstuff(text: bytes, at_line_start: bool) -> bytes:
     text = text.replace(b"\r\n", b"\n")
     if at_line_start and text[:1] == b".":
@@ -107,15 +123,17 @@ def _unstuff(text: bytes, at_line_start: bool) -> bytes:
     return text.replace(b"\n.", b"\n")
 
 
-def receive_data(reader: LineReader, spool: Spool) -> bool:
+def receive_data(reader: LineReader, spool: Spool, after_crlf: bool = True) -> bool:
     """Copy DATA from ``reader`` into ``spool`` up to the final dot.
 
     Returns False when the input ends first (the message must then be
     dropped).  Bytes after the final dot are pushed back for the next
-    command.  May raise TimeoutError from the reader.
+    command.  ``after_crlf`` tells whether the DATA command line itself
+    ended in CRLF: if it did not, a "." line right after it is content.
+    May raise TimeoutError from the reader.
     """
     pending = b""  # the start of a line whose LF has not arrived yet
-    after_crlf = True  # the previous line ended in CRLF (DATA's own line did)
+    # after_crlf: the previous line ended in CRLF (at first: DATA's own line)
     mid_line = False  # pending does not start at the beginning of a line
     while True:
         chunk = reader.read_chunk()

@@ -18,6 +18,7 @@ from typing import IO, Callable, Dict, List, Optional, Protocol
 
 from msmtpd import replies
 from msmtpd.address import AddressError, parse_path, split_path
+from msmtpd.config import is_number
 from msmtpd.message import Spool, receive_data
 from msmtpd.replies import Reply
 from msmtpd.stream import LineReader, ShutdownRequested
@@ -106,6 +107,7 @@ class Session:
         self.authenticated_user: Optional[str] = None
         self.envelope: Optional[Envelope] = None
         self.errors = 0
+        self._crlf = True  # the last command line ended in CRLF
         self.auth_failures = 0
         self.mails = 0
 
@@ -183,6 +185,7 @@ class Session:
                 if not self.reader.skip_line():
                     raise Closed()
                 return replies.LINE_TOO_LONG
+        self._crlf = raw.endswith(b"\r\n")
         text = _decode_line(raw)
         if text is None:
             return replies.BAD_ENCODING
@@ -380,7 +383,7 @@ class Session:
             name, _, value = param.partition("=")
             name = name.upper()
             if name == "SIZE":
-                if not value.isdigit():
+                if not is_number(value):
                     return replies.BAD_SIZE
                 limit = self.settings.max_size
                 if limit and int(value) > limit:
@@ -442,7 +445,7 @@ class Session:
         spool = Spool(self.settings.max_size, self.settings.spool_dir)
         try:
             spool.write(self._received_header(envelope), counted=False)
-            if not receive_data(self.reader, spool):
+            if not receive_data(self.reader, spool, after_crlf=self._crlf):
                 log.info("%s: client disconnected during DATA; nothing delivered",
                          self.peer or "client")
                 raise Closed()

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -157,7 +158,7 @@ def message(size: int) -> bytes:
     return head + line * max(1, (size - len(head)) // len(line)) + b".\r\n"
 
 
-def run_load(pool: "multiprocessing.pool.Pool", port: int, concurrency: int, sessions: int,
+def run_load(pool: multiprocessing.pool.Pool, port: int, concurrency: int, sessions: int,
              mails: int, body: bytes) -> Dict[str, float]:
     per_client = max(1, sessions // concurrency)
     started = time.perf_counter()
@@ -188,6 +189,29 @@ def pss_kb(pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+class PeakPss:
+    """Samples the tree's PSS in a thread while a load runs; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.kb = max(self.kb, pss_kb(self.pid))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def inetd_rate(argv: Sequence[str], count: int) -> Dict[str, float]:
@@ -250,23 +274,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         idle = pss_kb(target.process.pid)
                         for name, load in loads:
                             if name.startswith("1"):
-                                peak = [0]
-                                stop = [False]
-
-                                def sample(pid: int = target.process.pid) -> None:
-                                    while not stop[0]:
-                                        peak[0] = max(peak[0], pss_kb(pid))
-                                        time.sleep(0.05)
-
-                                import threading
-
-                                sampler = threading.Thread(target=sample)
-                                sampler.start()
-                                result = load(pool, target)
-                                stop[0] = True
-                                sampler.join()
+                                with PeakPss(target.process.pid) as peak:
+                                    result = load(pool, target)
                                 samples.setdefault(("6 memory PSS", target.name), []).append(
-                                    {"idle MB": idle / 1024, "load-1 MB": peak[0] / 1024})
+                                    {"idle MB": idle / 1024, "load-1 MB": peak.kb / 1024})
                             else:
                                 result = load(pool, target)
                             samples.setdefault((name, target.name), []).append(result)

@@ -264,11 +264,16 @@ def test_long_line_then_dot_stuffed_line() -> None:
 
 
 def test_spool_keeps_small_messages_in_memory() -> None:
-    """Under the memory limit, contents() is bytes."""
+    """Under the memory limit nothing touches the disk; for delivery the
+    message becomes a complete in-memory file (memfd), never a pipe that a
+    dying worker could leave half written."""
     spool = Spool(memory_limit=100)
     spool.write(b"hello ")
     spool.write(b"world\n")
-    assert spool.contents() == b"hello world\n"
+    fd = spool.contents()
+    assert isinstance(fd, int)
+    assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:msmtpd-message")
+    assert spool.read_all() == b"hello world\n"
     assert spool.size == 12
     assert not spool.too_big and spool.error is None
     spool.close()
@@ -292,13 +297,16 @@ def test_spool_rolls_over_to_a_file(tmp_path: Path) -> None:
 
 def test_default_spool_rolls_over_past_spool_memory_limit() -> None:
     """The default memory limit is SPOOL_MEMORY_LIMIT."""
-    spool = Spool()
-    spool.write(b"a" * SPOOL_MEMORY_LIMIT)
-    assert isinstance(spool.contents(), bytes)
-    spool.write(b"b")
-    assert isinstance(spool.contents(), int)
-    assert spool.read_all() == b"a" * SPOOL_MEMORY_LIMIT + b"b"
-    spool.close()
+    at_limit = Spool()
+    at_limit.write(b"a" * SPOOL_MEMORY_LIMIT)
+    assert "memfd:" in os.readlink(f"/proc/self/fd/{at_limit.contents()}")
+    at_limit.close()
+    over = Spool()
+    over.write(b"a" * SPOOL_MEMORY_LIMIT)
+    over.write(b"b")
+    assert "memfd:" not in os.readlink(f"/proc/self/fd/{over.contents()}")
+    assert over.read_all() == b"a" * SPOOL_MEMORY_LIMIT + b"b"
+    over.close()
 
 
 def test_spool_over_max_size_stops_storing() -> None:

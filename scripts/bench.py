@@ -175,16 +175,20 @@ def run_load(pool: multiprocessing.pool.Pool, port: int, concurrency: int, sessi
 
 
 def pss_kb(pid: int) -> int:
-    """Proportional set size of ``pid`` and all its descendants."""
+    """Proportional set size of ``pid`` and all its descendants.  A child
+    caught between fork and exec shares its parent's memory and shows the
+    parent's command line: it is skipped, or that memory would count twice."""
     total = 0
-    pending = [pid]
+    pending = [(pid, b"")]
     while pending:
-        current = pending.pop()
+        current, parent_cmdline = pending.pop()
         try:
-            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-            pending.extend(int(c) for c in
+            cmdline = Path(f"/proc/{current}/cmdline").read_bytes()
+            if cmdline != parent_cmdline:
+                for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+            pending.extend((int(c), cmdline) for c in
                            Path(f"/proc/{current}/task/{current}/children").read_text().split())
         except OSError:
             continue

@@ -65,6 +65,12 @@ class SessionHandler(socketserver.StreamRequestHandler):
     wbufsize = WRITE_BUFFER
     server: WorkerServer
 
+    def setup(self) -> None:
+        # Only the write side: reading goes through SessionRecv, which adds
+        # the idle timeout and the polite stop, so no rfile is made.
+        self.connection = self.request
+        self.wfile = self.connection.makefile("wb", self.wbufsize)
+
     def handle(self) -> None:
         worker = self.server.worker
         peer = str(self.client_address[0]) if self.client_address else ""
@@ -76,9 +82,14 @@ class SessionHandler(socketserver.StreamRequestHandler):
 
     def finish(self) -> None:
         try:
-            super().finish()
+            self.wfile.flush()
         except OSError:
             pass  # the client is gone; nothing left to flush to
+        finally:
+            try:
+                self.wfile.close()
+            except OSError:
+                pass
         _title("worker idle")
 
 

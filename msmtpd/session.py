@@ -190,7 +190,8 @@ class Session:
         if text is None:
             return replies.BAD_ENCODING
         verb, _, argument = text.partition(" ")
-        handler = self._verbs.get(verb.upper())
+        # ASCII only: str.upper() would read "rſet" as RSET.
+        handler = self._verbs.get(verb.upper()) if verb.isascii() else None
         if handler is None:
             return replies.UNRECOGNISED
         return handler(self, argument.strip())

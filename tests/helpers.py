@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 SCRIPTS = Path(sys.executable).parent
 CI = os.environ.get("CI") == "true"
@@ -61,6 +61,16 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def maildir_command(directory: Path) -> str:

@@ -28,6 +28,7 @@ from tests.helpers import (
     program,
     wait_for_mails,
     wait_for_port,
+    wait_until,
 )
 
 
@@ -50,15 +51,6 @@ def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
 def send_mail(port: int, subject: str = "test", host: str = "127.0.0.1") -> None:
     with smtplib.SMTP(host, port, timeout=15) as smtp:
         smtp.sendmail("a@example.org", ["b@example.org"], f"Subject: {subject}\r\n\r\nbody\r\n")
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def zombies(pid: int) -> List[int]:

@@ -29,18 +29,10 @@ from tests.helpers import (
     maildir_command,
     run_inetd,
     wait_for_mails,
+    wait_until,
 )
 
 MAIL = b"Subject: fault\r\n\r\nbody line\r\n"
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def session_worker(master: int) -> int:

@@ -148,15 +148,17 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
         why = f"cannot run {argv[0]}: {exc.strerror}"
         return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, "", time.monotonic() - started)
     deadline = None if timeout is None else started + timeout
+    err = bytearray()  # the head of its stderr, kept even when it times out
     try:
-        err = _exchange(process, message if isinstance(message, bytes) else None, deadline)
+        _exchange(process, message if isinstance(message, bytes) else None, deadline, err)
         process.wait(None if deadline is None or process.poll() is not None
                      else max(deadline - time.monotonic(), 0))
     except subprocess.TimeoutExpired:
         _kill_group(process)
         process.wait()
         why = f"command timed out after {timeout:g} s"
-        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, "", time.monotonic() - started)
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(bytes(err)),
+                       time.monotonic() - started)
     except BaseException:
         _kill_group(process)
         process.wait()
@@ -168,19 +170,19 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     returncode = process.returncode
     if command.shell and SHELL_SIGNALLED < returncode < SHELL_SIGNALLED + signal.NSIG:
         returncode = SHELL_SIGNALLED - returncode  # /bin/sh reports a killed child as 128+n
-    return _judge(returncode, _text(err), time.monotonic() - started)
+    return _judge(returncode, _text(bytes(err)), time.monotonic() - started)
 
 
 def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
-              deadline: Optional[float]) -> bytes:
+              deadline: Optional[float], kept: bytearray) -> None:
     """Feed ``data`` to the command while reading its standard error, until
     it has exited: like ``communicate`` but keeping only the head of a
-    flood of stderr, and waiting on a pidfd instead of polling.  A command
+    flood of stderr (in ``kept``, which survives a timeout), and waiting
+    on a pidfd instead of polling.  A command
     that exits without reading its input is not an error here: its exit
     status will say what happened.  Raises TimeoutExpired at ``deadline``."""
     assert process.stderr is not None
     stdin, stderr = process.stdin, process.stderr
-    kept = bytearray()
     view = memoryview(data or b"")
     pidfd = _pidfd(process.pid)
     exited_at: Optional[float] = None
@@ -234,7 +236,6 @@ def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
         finally:
             if pidfd is not None:
                 os.close(pidfd)
-    return bytes(kept)
 
 
 def _pidfd(pid: int) -> Optional[int]:

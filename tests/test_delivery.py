@@ -464,3 +464,10 @@ def test_sender_is_in_the_environment_of_direct_commands(tmp_path: Path) -> None
     assert not command.shell
     assert deliver(command, "s@example.org", ["r@x"], b"x\n", 10).stderr == "[s@example.org]"
     assert deliver(command, "", ["r@x"], b"x\n", 10).stderr == "[MAILER-DAEMON]"
+
+
+def test_stderr_of_a_command_that_times_out_is_kept() -> None:
+    """What a hanging command said before it was killed still reaches the log."""
+    outcome = deliver(PipeCommand("echo stuck on the relay >&2; sleep 30; :"), "a@x", ["r@x"], b"x\n", 1)
+    assert outcome.reply.code == 451 and "timed out" in outcome.status
+    assert outcome.stderr.strip() == "stuck on the relay"

@@ -33,6 +33,39 @@ def _title(text: str) -> None:
     setproctitle(f"msmtpd: {text}")
 
 
+class _ListenerWatch:
+    """Waits until a listening socket has a connection (or a signal came).
+
+    With epoll, each listener is registered EPOLLEXCLUSIVE, so one new
+    connection wakes one idle worker instead of all of them; elsewhere
+    ``select`` does, and the losers of the accept race go back to waiting.
+    """
+
+    def __init__(self, sockets: List[socket.socket], wake_fd: int) -> None:
+        self.sockets = {sock.fileno(): sock for sock in sockets}
+        self.wake_fd = wake_fd
+        self.epoll = select.epoll() if hasattr(select, "epoll") else None
+        if self.epoll is not None:
+            exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+            for fd in self.sockets:
+                self.epoll.register(fd, select.EPOLLIN | exclusive)
+            self.epoll.register(wake_fd, select.EPOLLIN)
+
+    def wait(self, timeout: float) -> List[socket.socket]:
+        if self.epoll is not None:
+            fds = [fd for fd, _ in self.epoll.poll(timeout)]
+        else:
+            fds, _, _ = select.select([*self.sockets, self.wake_fd], [], [], timeout)
+        return [self.sockets[fd] for fd in fds if fd in self.sockets]
+
+    def __enter__(self) -> _ListenerWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.epoll is not None:
+            self.epoll.close()
+
+
 class SessionRecv:
     """``recv`` for one client connection: idle timeout, and a polite stop
     when the worker is asked to exit while the session is between
@@ -192,14 +225,14 @@ class Worker:
 
     def _serve(self) -> None:
         server = WorkerServer(self)
-        watch: List[Any] = [*self.sockets, self.wake_fd]
-        while not self.stopping:
-            ready, _, _ = select.select(watch, [], [], PARENT_CHECK_SECONDS)
-            self.handle_signals()  # also notices a master that is gone
-            for listener in ready:
-                if listener is self.wake_fd or self.stopping:
-                    continue
-                self._accept(server, listener)
+        with _ListenerWatch(self.sockets, self.wake_fd) as watch:
+            while not self.stopping:
+                ready = watch.wait(PARENT_CHECK_SECONDS)
+                self.handle_signals()  # also notices a master that is gone
+                for listener in ready:
+                    if self.stopping:
+                        break
+                    self._accept(server, listener)
 
     def _accept(self, server: WorkerServer, listener: socket.socket) -> None:
         try:

@@ -144,14 +144,18 @@ def receive_data(reader: LineReader, spool: Spool, after_crlf: bool = True) -> b
         if at_start and after_crlf and data[:3] == b".\r\n":
             reader.unread(data[3:])
             return True
-        end = data.find(END_OF_DATA)
+        no_dots = b"\n." not in data and not (at_start and data[:1] == b".")
+        # Without a line that starts with a dot there is neither the end of
+        # DATA nor anything to unstuff: one scan instead of two.
+        end = -1 if no_dots else data.find(END_OF_DATA)
         if end >= 0:
             spool.write(_unstuff(data[: end + 2], at_start))
             reader.unread(data[end + 5 :])
             return True
         cut = data.rfind(b"\n") + 1
         if cut:
-            spool.write(_unstuff(data[:cut], at_start))
+            lines = data[:cut]
+            spool.write(lines.replace(b"\r\n", b"\n") if no_dots else _unstuff(lines, at_start))
             after_crlf = data[cut - 2 : cut] == b"\r\n"
             mid_line = False
             pending = data[cut:]

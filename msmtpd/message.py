@@ -14,7 +14,7 @@ import io
 import os
 from typing import IO, Optional
 
-from msmtpd.stream import LineReader
+from msmtpd.stream import CHUNK_SIZE, LineReader
 
 END_OF_DATA = b"\r\n.\r\n"
 # A line longer than this is stored in pieces rather than buffered whole.
@@ -94,7 +94,7 @@ class Spool:
             return data
         chunks: list[bytes] = []
         while True:
-            chunk = os.read(data, CHUNK)
+            chunk = os.read(data, CHUNK_SIZE)
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
@@ -104,9 +104,6 @@ class Spool:
             self._file.close()
         self._memory = None
         self._file = None
-
-
-CHUNK = 64 * 1024
 
 
 def _memory_file() -> Optional[IO[bytes]]:

@@ -109,7 +109,6 @@ class Session:
         self.errors = 0
         self._crlf = True  # the last command line ended in CRLF
         self.auth_failures = 0
-        self.mails = 0
 
     @property
     def idle(self) -> bool:
@@ -464,7 +463,6 @@ class Session:
         if spool.error is not None:
             log.error("%s: cannot spool message: %s", self.peer or "client", spool.error)
             return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
-        self.mails += 1
         return self.deliver(envelope, spool)
 
     def _received_header(self, envelope: Envelope) -> bytes:

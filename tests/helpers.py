@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 SCRIPTS = Path(sys.executable).parent
 CI = os.environ.get("CI") == "true"
@@ -150,6 +150,21 @@ def children(pid: int) -> List[int]:
 
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def run_inetd_process(args: Sequence[str], conversation: bytes, prefix: Sequence[str] = (),
+                      timeout: float = 20.0) -> Tuple[subprocess.Popen[bytes], bytes, bytes]:
+    """Like run_inetd, but also hands back the process (for its pid);
+    ``prefix`` runs msmtpd under another command (unshare, setpriv)."""
+    process = subprocess.Popen([*prefix, program("msmtpd"), "--inetd", *args],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(conversation, timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process, out, err
 
 
 def run_inetd(args: Sequence[str], conversation: bytes, timeout: float = 20.0

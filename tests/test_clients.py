@@ -430,15 +430,7 @@ def syslog_entries(sock: socket.socket, until: Callable[[List[Tuple[int, int, st
 
 def run_inetd_session(prefix: Sequence[str], args: Sequence[str], conversation: bytes
                       ) -> Tuple[subprocess.Popen[bytes], bytes, bytes]:
-    process = subprocess.Popen([*prefix, helpers.program("msmtpd"), "--inetd", *args],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = process.communicate(conversation, timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process, out, err
+    return helpers.run_inetd_process(args, conversation, prefix, timeout=WAIT)
 
 
 def test_syslog_datagrams() -> None:

@@ -370,15 +370,8 @@ def test_log_file_lines(tmp_path: Path) -> None:
                     + transaction(recipients=("bob@example.org", "carol@example.org"))
                     + lines("QUIT"))
     before = datetime.datetime.now().replace(microsecond=0)
-    process = subprocess.Popen(
-        [helpers.program("msmtpd"), "--inetd", f"--log={log}", *maildir_args(maildir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = process.communicate(conversation, timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    process, out, err = helpers.run_inetd_process([f"--log={log}", *maildir_args(maildir)],
+                                                  conversation, timeout=WAIT)
     after = datetime.datetime.now()
     assert process.returncode == 0, err
     assert reply_codes(out)[-2:] == [250, 221]

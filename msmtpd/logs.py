@@ -4,17 +4,24 @@ File and standard-error lines read
 ``2026-11-22 04:16:38 msmtpd[1234] info: message``; syslog gets facility
 mail and the ident ``msmtpd[pid]``.  Nothing here ever sees a password:
 the session logs user names and outcomes only.
+
+Log lines carry what clients sent (EHLO names, addresses, user names), so
+every target gets them escaped: a character that is not printable (a
+newline, ESC, U+2028...) is written as ``\\xNN`` (``\\uNNNN`` above 0xff),
+one event stays one line, and a line is cut at :data:`MAX_LINE`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger("msmtpd")
 
 SYSLOG_SOCKET = "/dev/log"
+# Longest log message, in characters after escaping.
+MAX_LINE = 2000
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
                 logging.ERROR: "error", logging.CRITICAL: "error"}
 
@@ -48,25 +55,47 @@ class _ReportOnce:
 
 
 def _stderr_is_private() -> bool:
-    """False when standard error is the client's connection (xinetd hands
-    the socket over as stdin, stdout and stderr): nothing may go there."""
-    import os
+    """False when standard error is the client's connection: xinetd hands
+    the socket over as stdin, stdout and stderr, and nothing but SMTP may
+    go there.  A terminal, a pipe or a journal shared with standard output
+    is fine."""
+    from msmtpd.connection import is_socket, same_file
 
-    try:
-        err, out = os.fstat(2), os.fstat(1)
-    except OSError:
-        return False
-    return (err.st_dev, err.st_ino) != (out.st_dev, out.st_ino)
+    return not (is_socket(2) and same_file(2, 0))
+
+
+def escape(text: str) -> str:
+    """Non-printable characters as ``\\xNN``; at most MAX_LINE characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escape_char(c) for c in text)
+    if len(text) > MAX_LINE:
+        text = f"{text[:MAX_LINE]}... [{len(text) - MAX_LINE} more characters]"
+    return text
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 class _Formatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s msmtpd[%(process)d] %(lowername)s: %(message)s",
-                         "%Y-%m-%d %H:%M:%S")
+    """Escapes the message: whatever a client put in it stays on one line."""
 
-    def format(self, record: logging.LogRecord) -> str:
+    def __init__(self, fmt: str, datefmt: Optional[str] = None) -> None:
+        super().__init__(fmt, datefmt)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape(record.message)
         record.lowername = _LEVEL_NAMES.get(record.levelno, "info")
-        return super().format(record)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return ""  # a traceback is many lines: the message says what failed
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return ""
 
 
 class ReopenableFileHandler(_ReportOnce, logging.FileHandler):
@@ -103,7 +132,7 @@ def open_handler(target: str) -> Optional[logging.Handler]:
             pass
 
         handler = _SysLog(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        handler.setFormatter(logging.Formatter("msmtpd[%(process)d]: %(message)s"))
+        handler.setFormatter(_Formatter("msmtpd[%(process)d]: %(message)s"))
         return handler
     if target == "-":
         if not _stderr_is_private():
@@ -111,7 +140,8 @@ def open_handler(target: str) -> Optional[logging.Handler]:
         handler = _StderrHandler()
     else:
         handler = ReopenableFileHandler(target, encoding="utf-8")
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_Formatter("%(asctime)s msmtpd[%(process)d] %(lowername)s: %(message)s",
+                                    "%Y-%m-%d %H:%M:%S"))
     return handler
 
 

@@ -114,3 +114,21 @@ def parse_path(path: str, utf8: bool, allow_null: bool) -> Path:
     if domain is not None and len(domain.encode("utf-8")) > MAX_DOMAIN:
         raise AddressError(f"domain longer than {MAX_DOMAIN} octets")
     return Path(inner)
+
+
+# --shell-safe-addresses: characters a POSIX shell (or bash, or a Bourne
+# shell's ``^``) gives a meaning to, and quotes.  Letters and digits of any
+# script and ``. @ _ + / = -`` (the C msmtpd's set, which VERP needs) always pass.
+SHELL_SPECIAL = frozenset("$`\\;&|<>()*?[]#~{}!^\"'")
+
+
+def shell_unsafe_character(address: str) -> str | None:
+    """The first character of ``address`` that a shell could interpret (as
+    it would be shown in a reply), or None when a command that hands its
+    arguments to another shell (``ssh relay sendmail``) cannot be fooled."""
+    for char in address:
+        if char.isalnum() or char in ".@_+/=-":
+            continue
+        if char in SHELL_SPECIAL or char.isspace() or not char.isprintable():
+            return repr(char) if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
+    return None

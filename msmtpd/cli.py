@@ -1,22 +1,27 @@
 """The command line: msmtpd's options, checked up front.
 
 Every usage or start-up error is one line on standard error and exit
-status 3 (LSB "program is not running").
+status 3 (LSB "program is not running").  The parser is a few lines of our
+own rather than argparse: scripts connect right after starting msmtpd, so
+the options are read and the port is listening before any module that can
+wait is imported.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import List, NoReturn, Optional, Sequence
+from typing import Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from msmtpd import __version__
 from msmtpd.config import (
+    DEFAULT_COMMAND,
     DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_INTERFACE,
     DEFAULT_MAX_SESSIONS,
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
+    MAX_SESSIONS,
+    MAX_SIZE,
     Config,
     ConfigError,
     parse_auth,
@@ -26,7 +31,6 @@ from msmtpd.config import (
     parse_port,
     parse_seconds,
 )
-from msmtpd.delivery import DEFAULT_COMMAND
 
 EXIT_OK = 0
 EXIT_SESSION_FAILED = 1
@@ -56,7 +60,10 @@ Options:
   --auth=USER[,PASSWORDEVAL]
                          require authentication as USER; the password comes
                          from PASSWORDEVAL, else the key ring, else a prompt
-  --timeout=SECONDS      drop a client idle this long (default {DEFAULT_TIMEOUT:g})
+  --timeout=SECONDS      a command line must arrive, and a reply be read,
+                         within SECONDS; DATA may pause this long and then
+                         must average 500 octets/s; also the grace time of
+                         a stop (default {DEFAULT_TIMEOUT:g})
   --command-timeout=SECONDS
                          kill a delivery command running this long
                          (default {DEFAULT_COMMAND_TIMEOUT:g})
@@ -69,6 +76,8 @@ Options:
                          (default none)
   --user=USER[:GROUP]    run sessions and the command as USER after binding
                          (default: stay the starting user)
+  --shell-safe-addresses refuse addresses with characters a shell would
+                         interpret (for commands such as 'ssh relay sendmail')
 Exit status: 0 success, 1 an --inetd session that did not end with QUIT,
 3 usage or start-up error.
 """
@@ -78,39 +87,11 @@ class UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-class _Print(argparse.Action):
-    def __init__(self, option_strings: Sequence[str], dest: str, text: str = "", **kwargs: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS)
-        self.text = text
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: Optional[str] = None) -> NoReturn:
-        sys.stdout.write(self.text)
-        sys.stdout.flush()
-        raise SystemExit(EXIT_OK)
-
-
-VALUE_OPTIONS = ("interface", "port", "log", "command", "auth", "timeout",
-                 "command_timeout", "max_size", "max_sessions", "pidfile", "user", "spool_dir")
-
-
-def _parser() -> _Parser:
-    parser = _Parser(prog="msmtpd", add_help=False, allow_abbrev=True)
-    parser.add_argument("--version", action=_Print, text=VERSION_TEXT)
-    parser.add_argument("--help", action=_Print, text=HELP_TEXT)
-    parser.add_argument("--inetd", action="store_true")
-    parser.add_argument("--interface", action="append")
-    for name in VALUE_OPTIONS[1:]:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name)
-    parser.add_argument("--daemon", action="store_true")
-    return parser
-
-
+FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses")
+VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
+                 "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
+                 "--spool-dir")
+OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
 # keeps the meaning it always had.
@@ -118,53 +99,88 @@ ORIGINAL_OPTIONS = ("--version", "--help", "--inetd", "--interface", "--port", "
                     "--command", "--auth")
 
 
-def _expand_original_abbreviations(parser: _Parser, argv: List[str]) -> List[str]:
-    known = [opt for action in parser._actions for opt in action.option_strings]
-    expanded = []
-    for arg in argv:
-        name, eq, value = arg.partition("=")
-        if name.startswith("--") and name not in known:
-            matches = [opt for opt in known if opt.startswith(name)]
-            original = [opt for opt in matches if opt in ORIGINAL_OPTIONS]
-            if len(matches) > 1 and len(original) == 1:
-                arg = original[0] + eq + value
-        expanded.append(arg)
-        if arg == "--":
-            expanded.extend(argv[len(expanded):])
-            break
-    return expanded
+def _resolve(name: str) -> str:
+    """The option a name or an unambiguous abbreviation stands for."""
+    if name in OPTIONS:
+        return name
+    matches = [option for option in OPTIONS if option.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    original = [option for option in matches if option in ORIGINAL_OPTIONS]
+    if len(original) == 1:
+        return original[0]
+    if not matches:
+        raise UsageError(f"unrecognized option '{name}'")
+    raise UsageError(f"ambiguous option: {name} could match {', '.join(matches)}")
+
+
+def _options(argv: Sequence[str]) -> Iterator[Tuple[str, str]]:
+    """(option, value) pairs, ``--opt=value`` or ``--opt value``; flags get ""."""
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith("--") or arg == "--":
+            raise UsageError(f"unexpected argument '{arg}'")
+        name, equals, value = arg.partition("=")
+        option = _resolve(name)
+        if option in FLAGS:
+            if equals:
+                raise UsageError(f"option '{option}' takes no value")
+            yield option, ""
+            continue
+        if not equals:
+            value = next(args, "")
+        if not value:
+            raise UsageError(f"option '{option}' requires a non-empty value")
+        yield option, value
+
+
+def _show(text: str) -> NoReturn:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    raise SystemExit(EXIT_OK)
 
 
 def parse_args(argv: Sequence[str]) -> Config:
     """Turn the arguments into a Config; UsageError or ConfigError say why not."""
-    parser = _parser()
-    args = parser.parse_args(_expand_original_abbreviations(parser, list(argv)))
-    for name in VALUE_OPTIONS:
-        value = getattr(args, name)
-        values: List[str] = value if isinstance(value, list) else [value]
-        if any(v is not None and not v for v in values):
-            raise UsageError(f"option '--{name.replace('_', '-')}' requires a non-empty value")
-    config = Config(inetd=args.inetd, daemon=args.daemon, pidfile=args.pidfile, user=args.user)
-    if args.interface:
-        config.interfaces = [parse_interface(v) for v in args.interface]
-    if args.port is not None:
-        config.port = parse_port(args.port)
-    if args.log is not None:
-        config.log = args.log
-    if args.command is not None:
-        config.command = args.command
-    if args.auth is not None:
-        config.auth_user, config.auth_passwordeval = parse_auth(args.auth)
-    if args.timeout is not None:
-        config.timeout = parse_seconds(args.timeout, "--timeout")
-    if args.command_timeout is not None:
-        config.command_timeout = parse_seconds(args.command_timeout, "--command-timeout")
-    if args.max_size is not None:
-        config.max_size = parse_count(args.max_size, "--max-size", 0)
-    if args.max_sessions is not None:
-        config.max_sessions = parse_count(args.max_sessions, "--max-sessions", 1)
-    if args.spool_dir is not None:
-        config.spool_dir = parse_directory(args.spool_dir, "--spool-dir")
+    config = Config()
+    interfaces: List[str] = []
+    for option, value in _options(argv):
+        if option == "--version":
+            _show(VERSION_TEXT)
+        elif option == "--help":
+            _show(HELP_TEXT)
+        elif option == "--inetd":
+            config.inetd = True
+        elif option == "--daemon":
+            config.daemon = True
+        elif option == "--shell-safe-addresses":
+            config.shell_safe_addresses = True
+        elif option == "--interface":
+            interfaces.append(parse_interface(value))
+        elif option == "--port":
+            config.port = parse_port(value)
+        elif option == "--log":
+            config.log = value
+        elif option == "--command":
+            config.command = value
+        elif option == "--auth":
+            config.auth_user, config.auth_passwordeval = parse_auth(value)
+        elif option == "--timeout":
+            config.timeout = parse_seconds(value, option)
+        elif option == "--command-timeout":
+            config.command_timeout = parse_seconds(value, option)
+        elif option == "--max-size":
+            config.max_size = parse_count(value, option, 0, MAX_SIZE)
+        elif option == "--max-sessions":
+            config.max_sessions = parse_count(value, option, 1, MAX_SESSIONS)
+        elif option == "--pidfile":
+            config.pidfile = value
+        elif option == "--user":
+            config.user = value
+        elif option == "--spool-dir":
+            config.spool_dir = parse_directory(value, option)
+    if interfaces:
+        config.interfaces = interfaces
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
     return config
@@ -186,9 +202,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from msmtpd.inetd import run_inetd
 
             return run_inetd(config)
+        from msmtpd.listen import bind_all
+
+        # Listening first: a client that connects while the rest loads
+        # waits in the listen queue instead of being refused.
+        sockets = bind_all(config.interfaces, config.port)
         from msmtpd.master import run_master
 
-        return run_master(config)
+        return run_master(config, sockets)
     except ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -1,17 +1,25 @@
-"""The validated configuration, built once from the command line."""
+"""The validated configuration, built once from the command line.
+
+Only the standard library's lightest modules are imported here: the
+command line is parsed and the sockets bound before anything slow loads.
+"""
 
 from __future__ import annotations
 
 from typing import List, Optional
 
-from msmtpd.delivery import DEFAULT_COMMAND
-
+DEFAULT_COMMAND = "msmtp -f %F --"
 DEFAULT_INTERFACE = "127.0.0.1"
 DEFAULT_PORT = 25
 # RFC 5321 section 4.5.3.2.7: a server SHOULD wait at least 5 minutes for the next command.
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 16
+# Upper bounds, so that every value fits the clocks and the process table:
+# a year of seconds, and more sessions than one small relay should fork.
+MAX_SECONDS = 365 * 24 * 3600
+MAX_SESSIONS = 1024
+MAX_SIZE = 2**63 - 1  # what a client can parse from EHLO's SIZE
 
 
 def is_number(text: str) -> bool:
@@ -44,6 +52,7 @@ class Config:
         self.pidfile = pidfile
         self.user = user
         self.spool_dir: Optional[str] = None
+        self.shell_safe_addresses = False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)
@@ -59,11 +68,13 @@ def parse_port(text: str) -> int:
 
 
 def parse_interface(text: str) -> str:
-    import ipaddress
+    """An IPv4 or IPv6 address in its usual spelling (``::0001`` is ``::1``)."""
+    import socket
 
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
         raise ConfigError(f"invalid interface '{text}': expected an IPv4 or IPv6 address") from None
 
 
@@ -72,14 +83,16 @@ def parse_seconds(text: str, option: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
-        raise ConfigError(f"invalid {option} '{text}': expected a positive number of seconds")
+    if not 0 < value <= MAX_SECONDS:  # also false for nan
+        raise ConfigError(f"invalid {option} '{text}': expected a positive number of seconds,"
+                          f" at most {MAX_SECONDS}")
     return value
 
 
-def parse_count(text: str, option: str, minimum: int) -> int:
-    if not is_number(text) or int(text) < minimum:
-        raise ConfigError(f"invalid {option} '{text}': expected a whole number of at least {minimum}")
+def parse_count(text: str, option: str, minimum: int, maximum: int) -> int:
+    if not is_number(text) or not minimum <= int(text) <= maximum:
+        raise ConfigError(f"invalid {option} '{text[:40]}': expected a whole number"
+                          f" from {minimum} to {maximum}")
     return int(text)
 
 

@@ -15,9 +15,10 @@ import selectors
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol, Sequence
 
 from msmtpd import replies
+from msmtpd.config import DEFAULT_COMMAND
 from msmtpd.replies import Reply
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("msmtpd")
 
-DEFAULT_COMMAND = "msmtp -f %F --"
 NULL_SENDER = "MAILER-DAEMON"
 
 # sysexits.h codes that mean "try again later": EX_NOHOST, EX_UNAVAILABLE,
@@ -40,10 +40,30 @@ EXIT_CHECK_SECONDS = 0.1
 # After the command exited, how long its stderr may stay open before we stop reading.
 EXIT_GRACE_SECONDS = 0.1
 STDERR_LOG_LINES = 3
+# While a command runs, ask the Interrupt this often whether it must end.
+INTERRUPT_CHECK_SECONDS = 1.0
+# No single wait is longer than this, whatever --command-timeout says.
+MAX_WAIT_SECONDS = 3600.0
+# A log line names this many recipients, then "and N more".
+LOGGED_RECIPIENTS = 2
 # Characters that only mean something to a shell; any of them sends the
 # command through /bin/sh.
 SHELL_SIGNALLED = 128
 SHELL_SYNTAX = frozenset(";&|<>()$`\\\"'*?[]{}~#!\n")
+
+
+class Interrupt(Protocol):
+    """The worker, seen from a running command: ``wake_fd`` becomes
+    readable on a signal; ``interrupted`` says why the command must end
+    now (the stop's grace time ran out), or None."""
+
+    wake_fd: int
+
+    def interrupted(self) -> Optional[str]: ...
+
+
+class _Interrupted(Exception):
+    pass
 
 
 class Outcome(NamedTuple):
@@ -125,7 +145,8 @@ def _quote_state(text: str) -> Optional[str]:
 
 
 def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
-            message: bytes | int, timeout: Optional[float]) -> Outcome:
+            message: bytes | int, timeout: Optional[float],
+            interrupt: Optional[Interrupt] = None) -> Outcome:
     """Run ``command`` with ``message`` (bytes, or a file descriptor at the
     start of the message) on its standard input and wait for it, at most
     ``timeout`` seconds.  Its standard output is discarded; the first
@@ -150,9 +171,16 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     deadline = None if timeout is None else started + timeout
     err = bytearray()  # the head of its stderr, kept even when it times out
     try:
-        _exchange(process, message if isinstance(message, bytes) else None, deadline, err)
+        _exchange(process, message if isinstance(message, bytes) else None, deadline, err, interrupt)
         process.wait(None if deadline is None or process.poll() is not None
                      else max(deadline - time.monotonic(), 0))
+    except _Interrupted as interrupted:
+        _kill_group(process)
+        process.wait()
+        log.error("killed delivery command %d and its process group: %s", process.pid, interrupted)
+        why = f"delivery interrupted: {interrupted}"
+        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(bytes(err)),
+                       time.monotonic() - started)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         process.wait()
@@ -174,13 +202,15 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
 
 
 def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
-              deadline: Optional[float], kept: bytearray) -> None:
+              deadline: Optional[float], kept: bytearray,
+              interrupt: Optional[Interrupt] = None) -> None:
     """Feed ``data`` to the command while reading its standard error, until
     it has exited: like ``communicate`` but keeping only the head of a
     flood of stderr (in ``kept``, which survives a timeout), and waiting
     on a pidfd instead of polling.  A command
     that exits without reading its input is not an error here: its exit
-    status will say what happened.  Raises TimeoutExpired at ``deadline``."""
+    status will say what happened.  Raises TimeoutExpired at ``deadline``
+    and _Interrupted when ``interrupt`` says so."""
     assert process.stderr is not None
     stdin, stderr = process.stdin, process.stderr
     view = memoryview(data or b"")
@@ -190,6 +220,8 @@ def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
         selector.register(stderr, selectors.EVENT_READ)
         if pidfd is not None:
             selector.register(pidfd, selectors.EVENT_READ)
+        if interrupt is not None:
+            selector.register(interrupt.wake_fd, selectors.EVENT_READ)
         if stdin is not None:
             if view:
                 os.set_blocking(stdin.fileno(), False)
@@ -198,18 +230,25 @@ def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
                 stdin.close()
         try:
             while stderr in selector.get_map() or exited_at is None:
+                if interrupt is not None:
+                    reason = interrupt.interrupted()
+                    if reason is not None:
+                        raise _Interrupted(reason)
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise subprocess.TimeoutExpired(process.args, 0)
-                wait = None if deadline is None else deadline - now
+                wait = MAX_WAIT_SECONDS if deadline is None else min(deadline - now, MAX_WAIT_SECONDS)
+                if interrupt is not None:
+                    wait = min(wait, INTERRUPT_CHECK_SECONDS)
                 if pidfd is None:  # no pidfd (old kernel): look now and then
-                    wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
+                    wait = min(wait, EXIT_CHECK_SECONDS)
                 if exited_at is not None:  # it exited: a little longer for its last words
-                    grace = exited_at + EXIT_GRACE_SECONDS - now
-                    wait = grace if wait is None else min(wait, grace)
-                events = selector.select(max(wait, 0) if wait is not None else None)
+                    wait = min(wait, exited_at + EXIT_GRACE_SECONDS - now)
+                events = selector.select(max(wait, 0))
+                if interrupt is not None:  # a signal: interrupted() looks at it next round
+                    events = [event for event in events if event[0].fileobj != interrupt.wake_fd]
                 if not events:
-                    if exited_at is not None:
+                    if exited_at is not None and time.monotonic() >= exited_at + EXIT_GRACE_SECONDS:
                         break  # a background child of the command holds stderr open
                     if pidfd is None and process.poll() is not None:
                         exited_at = time.monotonic()
@@ -286,22 +325,32 @@ def summarise_stderr(stderr: str) -> str:
     return " | ".join(lines[:STDERR_LOG_LINES])
 
 
+def summarise_recipients(recipients: Sequence[str]) -> str:
+    """``<a@x>, <b@x> and 998 more``: a log line stays short however many."""
+    shown = recipients if len(recipients) <= LOGGED_RECIPIENTS + 1 else recipients[:LOGGED_RECIPIENTS]
+    text = ", ".join(f"<{r}>" for r in shown)
+    rest = len(recipients) - len(shown)
+    return f"{text} and {rest} more" if rest else text
+
+
 class Deliverer:
     """The session's delivery hook: runs the command and logs the result."""
 
-    def __init__(self, command: PipeCommand, timeout: Optional[float], peer: str = "") -> None:
+    def __init__(self, command: PipeCommand, timeout: Optional[float], peer: str = "",
+                 interrupt: Optional[Interrupt] = None) -> None:
         self.command = command
         self.timeout = timeout
         self.peer = peer
+        self.interrupt = interrupt
 
     def __call__(self, envelope: Envelope, spool: Spool) -> Reply:
         outcome = deliver(self.command, envelope.sender, envelope.recipients,
-                          spool.contents(), self.timeout)
+                          spool.contents(), self.timeout, self.interrupt)
         level = logging.INFO if outcome.delivered else logging.ERROR
         detail = summarise_stderr(outcome.stderr)
         log.log(level, "%s: mail from <%s> to %s, %d octets: %s, %s in %.3f s%s",
                 self.peer or "client", envelope.sender,
-                ", ".join(f"<{r}>" for r in envelope.recipients), spool.size,
+                summarise_recipients(envelope.recipients), spool.size,
                 "delivered" if outcome.delivered else f"{outcome.reply.code} not delivered",
                 outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "")
         return outcome.reply

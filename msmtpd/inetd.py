@@ -1,35 +1,17 @@
 """``--inetd``: one session on standard input and output.
 
 Standard input may be a socket (xinetd, systemd ``Accept=yes``) or a plain
-pipe; either way the idle timeout applies through ``select``.
+pipe; either way the connection layer bounds every read and every write by
+``--timeout``, so a client that stops reading cannot keep the process.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 
 from msmtpd.config import Config
+from msmtpd.connection import Connection, Transport, endpoint_of, peer_name
 from msmtpd.service import prepare
-from msmtpd.stream import LineReader, fd_recv
-
-
-def peer_of(fd: int) -> str:
-    """The client's address when standard input is a socket, else ""."""
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return ""
-    try:
-        address = sock.getpeername()
-    except OSError:
-        return ""
-    finally:
-        sock.close()
-    if isinstance(address, tuple):
-        return str(address[0])
-    return ""
 
 
 def run_inetd(config: Config) -> int:
@@ -38,14 +20,12 @@ def run_inetd(config: Config) -> int:
         from msmtpd import privileges
 
         privileges.drop(config.user)
-    stdin = sys.stdin.fileno()
-    reader = LineReader(fd_recv(stdin, config.timeout))
-    writer = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=64 * 1024)
+    reader = endpoint_of(sys.stdin.fileno())
+    writer = endpoint_of(sys.stdout.fileno())
+    peer = peer_name(reader)
+    connection = Connection(Transport(reader, writer), config.timeout, peer=peer)
     try:
-        ended_well = service.serve(reader, writer, peer_of(stdin))
+        ended_well = service.session(connection, peer).run()
     finally:
-        try:
-            writer.close()
-        except OSError:
-            pass
+        connection.close()
     return 0 if ended_well else 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import List
 
@@ -25,7 +24,7 @@ def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:
 
 
 def _bind(interface: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ipaddress.ip_address(interface).version == 6 else socket.AF_INET
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -5,7 +5,10 @@ Signal handlers only queue the signal; the main loop dispatches
 ``handle_<signal>``.  Dead workers are reaped with ``waitpid(-1, WNOHANG)``
 in a loop and replaced, with a back-off when they die right after start; a
 worker that cannot start at all halts the master.  Shutdown is staged:
-stop accepting, SIGTERM each worker once, wait, then SIGKILL.
+stop accepting, SIGTERM each worker once, let sessions and delivery
+commands finish within the grace time (``--timeout``; the workers end
+their own commands when it runs out), then SIGKILL what is left and every
+delivery command it leaves behind, and leave only when no child is left.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import mmap
 import os
 import select
 import signal
@@ -23,10 +27,10 @@ from typing import Any, Dict, List, Optional
 
 from msmtpd import privileges
 from msmtpd.config import Config, is_number
-from msmtpd.listen import bind_all, describe
+from msmtpd.listen import describe
 from msmtpd.pidfile import PidFile
 from msmtpd.service import Service, prepare
-from msmtpd.worker import EXIT_BOOT_ERROR, Worker, _title
+from msmtpd.worker import EXIT_BOOT_ERROR, IDLE, Worker, _title
 
 log = logging.getLogger("msmtpd")
 
@@ -38,6 +42,9 @@ MAX_RESPAWN_DELAY = 10.0
 BOOT_TIMEOUT = 30.0
 # Time granted after SIGKILL for the kernel to let the workers go.
 KILL_WAIT = 5.0
+# After the grace time, how long workers get to end their own delivery
+# commands (and log it) before they are killed.
+STOP_MARGIN = 2.0
 
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
@@ -61,6 +68,9 @@ class Master:
         self.pidfile = pidfile
         self.ready_fd = ready_fd
         self.workers: Dict[int, float] = {}  # pid -> start time
+        self.slots: Dict[int, int] = {}  # pid -> its byte in the scoreboard
+        # One byte per worker, shared with all of them: busy or idle.
+        self.scoreboard = mmap.mmap(-1, self.config.max_sessions)
         self.signal_queue: List[int] = []
         self.fast_deaths = 0
         self.next_spawn = 0.0
@@ -176,6 +186,7 @@ class Master:
             started = self.workers.pop(pid, None)
             if started is None:
                 continue  # an orphan we adopted as subreaper, now reaped
+            self.scoreboard[self.slots.pop(pid)] = IDLE
             was_up = pid in self.booted
             self.booted.discard(pid)
             if self.stopping:
@@ -198,12 +209,14 @@ class Master:
             else:
                 self.fast_deaths = 0
 
-    def _end_orphaned_commands(self) -> None:
+    def _end_orphaned_commands(self, why: str = "its worker died before answering") -> int:
         """A delivery command whose worker died is now our child (we are its
         subreaper).  Nobody will acknowledge its mail, so it must not go on
         to deliver it: kill its process group.  A command leads its own
         group (``start_new_session``); other adopted processes, left in the
-        background by finished commands, are only reaped."""
+        background by finished commands, are only reaped.  Returns how
+        many commands were killed (and are still to be reaped)."""
+        killed = 0
         for pid in _children():
             if pid in self.workers or _is_zombie(pid):
                 continue  # a command that already finished is merely reaped
@@ -213,7 +226,9 @@ class Master:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 continue
-            log.error("ended delivery command %d: its worker died before answering", pid)
+            killed += 1
+            log.error("ended delivery command %d: %s", pid, why)
+        return killed
 
     def _spawn_missing(self) -> None:
         if self.stopping or time.monotonic() < self.next_spawn:
@@ -225,11 +240,14 @@ class Master:
         # Until the child has its own handlers, a signal sent to it would
         # land in its copy of the master's queue and be lost: block them
         # across the fork, and let the worker unblock once it is ready.
+        slot = min(set(range(self.config.max_sessions)) - set(self.slots.values()))
+        self.scoreboard[slot] = IDLE
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         pid = os.fork()
         if pid:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
             self.workers[pid] = time.monotonic()
+            self.slots[pid] = slot
             return
         try:
             signal.set_wakeup_fd(-1)
@@ -240,7 +258,7 @@ class Master:
             if self.pidfile is not None and self.pidfile.fd is not None:
                 os.close(self.pidfile.fd)
             Worker(self.service, self.sockets, os.getppid(), self.status_w,
-                   self.config.user).run()
+                   self.config.user, self.scoreboard, slot).run()
         finally:
             os._exit(EXIT_BOOT_ERROR)
 
@@ -277,23 +295,29 @@ class Master:
             self._spawn_missing()
 
     def _stop_workers(self, graceful: bool) -> None:
-        """Stop accepting, SIGTERM each worker once, wait, then SIGKILL."""
+        """Stop accepting, SIGTERM each worker once, wait for the grace time
+        and the margin in which workers end their own commands, then
+        SIGKILL; leave no delivery command behind."""
         self.stopping = True
         for sock in self.sockets:
             sock.close()
         for pid in list(self.workers):
             _kill(pid, signal.SIGTERM)
-        grace = self.config.timeout if graceful else 1.0
+        grace = self.config.timeout + STOP_MARGIN if graceful else 1.0
         deadline = time.monotonic() + grace
         while self.workers and time.monotonic() < deadline:
             self._sleep(0.05)
             self.reap()
         for pid in list(self.workers):
+            log.error("worker %d did not stop in time; killing it", pid)
             _kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT
-        while self.workers and time.monotonic() < deadline:
-            self._sleep(0.05)
+        while time.monotonic() < deadline:
             self.reap()
+            left = self._end_orphaned_commands("msmtpd is stopping and its worker is gone")
+            if not self.workers and not left:
+                break
+            self._sleep(0.05)
 
     def _notify_ready(self, message: str) -> None:
         if self.ready_fd is None:
@@ -351,8 +375,18 @@ def _hand_log_to_user(config: Config) -> None:
         privileges.hand_over(config.log, config.user)
 
 
-def run_master(config: Config) -> int:
-    """Check, bind, lock the pid file, then serve (in the background with --daemon)."""
+def run_master(config: Config, sockets: List[socket.socket]) -> int:
+    """Check, lock the pid file, then serve on the bound ``sockets`` (in the
+    background with --daemon).  Every start-up error still reaches the
+    terminal: nothing has detached yet."""
+    try:
+        return _start(config, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start(config: Config, sockets: List[socket.socket]) -> int:
     if config.user is not None:
         privileges.resolve(config.user)
     shared: Any = None
@@ -361,7 +395,6 @@ def run_master(config: Config) -> int:
 
         shared = multiprocessing.get_context("fork").Value("d", 0.0)
     service = prepare(config, shared)
-    sockets = bind_all(config.interfaces, config.port)
     pidfile = None
     if config.pidfile is not None:
         pidfile = PidFile(config.pidfile)

@@ -49,6 +49,8 @@ TIMEOUT = Reply(421, "4.4.2 {host} Idle too long, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0 {host} Too many errors, closing connection")
 TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0 {host} Too many authentication failures, closing connection")
 SHUTTING_DOWN = Reply(421, "4.3.2 {host} Service shutting down, try again later")
+OVERLOADED = Reply(421, "4.3.2 {host} Too busy, closing idle connection; try again later")
+DATA_TOO_SLOW = Reply(421, "4.4.2 {host} Data too slow, closing connection")
 SPOOL_FAILED = Reply(451, "4.3.0 Cannot store the message: {reason}")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
 from msmtpd import logs
 from msmtpd.config import Config, ConfigError
-from msmtpd.delivery import Deliverer, PipeCommand
+from msmtpd.connection import Connection
+from msmtpd.delivery import Deliverer, Interrupt, PipeCommand
 from msmtpd.session import Session, Settings
-from msmtpd.stream import LineReader
 
 log = logging.getLogger("msmtpd")
 
@@ -24,13 +24,10 @@ class Service:
         self.settings = settings
         self.log_handler = log_handler
 
-    def session(self, reader: LineReader, writer: IO[bytes], peer: str) -> Session:
-        deliver = Deliverer(self.command, self.config.command_timeout, peer)
-        return Session(reader, writer, self.settings, deliver, peer)
-
-    def serve(self, reader: LineReader, writer: IO[bytes], peer: str) -> bool:
-        """Run one session; True when it ended with QUIT."""
-        return self.session(reader, writer, peer).run()
+    def session(self, connection: Connection, peer: str,
+                interrupt: Optional[Interrupt] = None) -> Session:
+        deliver = Deliverer(self.command, self.config.command_timeout, peer, interrupt)
+        return Session(connection, self.settings, deliver, peer)
 
 
 def prepare(config: Config, shared_failure_time: Any = None) -> Service:
@@ -45,7 +42,8 @@ def prepare(config: Config, shared_failure_time: Any = None) -> Service:
         raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
     logs.install(handler)
     settings = Settings(hostname=socket.gethostname() or "localhost",
-                        max_size=config.max_size, spool_dir=config.spool_dir)
+                        max_size=config.max_size, spool_dir=config.spool_dir,
+                        shell_safe=config.shell_safe_addresses)
     if config.auth_user is not None:
         from msmtpd.auth import FailureClock, PasswordCheck, obtain_password
 

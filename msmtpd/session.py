@@ -1,8 +1,9 @@
 """The SMTP state machine, free of sockets.
 
-A :class:`Session` reads command lines from a :class:`LineReader` and writes
-replies to a binary writer, so the daemon's request handler, ``--inetd``
-and the unit tests all run the very same code.  Verbs dispatch through one
+A :class:`Session` reads command lines from a :class:`Connection` and writes
+replies to it, so the daemon's request handler, ``--inetd`` and the unit
+tests (on a :class:`MemoryTransport`) all run the very same code; the
+connection enforces the deadlines, the session only answers.  Verbs dispatch through one
 table of ``smtp_<VERB>`` methods built once per class.  Every mistake is
 answered and the session goes on, up to a bound on consecutive errors.
 """
@@ -14,14 +15,14 @@ import binascii
 import logging
 import re
 import time
-from typing import IO, Callable, Dict, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol
 
 from msmtpd import replies
-from msmtpd.address import AddressError, parse_path, split_path
+from msmtpd.address import AddressError, parse_path, shell_unsafe_character, split_path
 from msmtpd.config import is_number
+from msmtpd.connection import Connection, DataTooSlow, Overloaded, ShutdownRequested
 from msmtpd.message import Spool, receive_data
 from msmtpd.replies import Reply
-from msmtpd.stream import LineReader, ShutdownRequested
 
 log = logging.getLogger("msmtpd")
 
@@ -31,6 +32,10 @@ log = logging.getLogger("msmtpd")
 MAX_COMMAND_LINE = 4096
 # RFC 5321 section 4.5.3.1.8 requires at least 100 recipients per message.
 MAX_RECIPIENTS = 1000
+# Like Postfix's smtpd_recipient_overshoot_limit: this many RCPTs past the
+# limit are answered 452 without counting as errors; the client is only
+# following RFC 5321 section 4.5.3.1.10 and sends the rest later.
+MAX_RECIPIENT_OVERSHOOT = 1000
 # Like Postfix's smtpd_hard_error_limit: this many errors in a row end the session.
 MAX_CONSECUTIVE_ERRORS = 20
 # A session that fails authentication this often is closed.
@@ -62,11 +67,13 @@ class Settings:
     """What a session needs to know of the configuration."""
 
     def __init__(self, hostname: str = "localhost", max_size: int = 0,
-                 spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None) -> None:
+                 spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
+                 shell_safe: bool = False) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
         self.auth = auth
+        self.shell_safe = shell_safe  # --shell-safe-addresses
 
 
 class Envelope:
@@ -77,6 +84,7 @@ class Envelope:
         self.recipients: List[str] = list(recipients or [])
         self.smtputf8 = False
         self.body = "7BIT"
+        self.overshoot = 0  # RCPTs refused for being past MAX_RECIPIENTS
 
 
 class Closed(Exception):
@@ -95,10 +103,9 @@ class Session:
         super().__init_subclass__()
         cls._verbs = _verb_table(cls)
 
-    def __init__(self, reader: LineReader, writer: IO[bytes], settings: Settings,
+    def __init__(self, connection: Connection, settings: Settings,
                  deliver: Deliver, peer: str = "") -> None:
-        self.reader = reader
-        self.writer = writer
+        self.connection = connection
         self.settings = settings
         self.deliver = deliver
         self.peer = peer
@@ -125,18 +132,23 @@ class Session:
         try:
             self.reply(replies.GREETING.format(host=host))
             while True:
-                line = self.reader.readline(MAX_COMMAND_LINE + 1)
+                line = self.connection.readline(MAX_COMMAND_LINE + 1)
                 if not line:
                     log.info("%s: client disconnected", self.peer or "client")
                     return False
                 reply = self.handle_line(line)
                 if reply is None:
                     continue
-                self.reply(reply)
+                sent = self.reply(reply, final=reply.code in (221, 421))
                 if reply.code == 221:
-                    return True
+                    return sent
                 if reply.code == 421:
                     return False
+        except DataTooSlow:
+            log.info("%s: data too slow (under the minimum rate); nothing delivered",
+                     self.peer or "client")
+            self.reply(replies.DATA_TOO_SLOW.format(host=host), final=True)
+            return False
         except TimeoutError:
             log.info("%s: idle timeout", self.peer or "client")
             self.reply(replies.TIMEOUT.format(host=host), final=True)
@@ -145,23 +157,30 @@ class Session:
             log.info("%s: closing for shutdown", self.peer or "client")
             self.reply(replies.SHUTTING_DOWN.format(host=host), final=True)
             return False
+        except Overloaded:
+            log.info("%s: too busy: closing a session idle for %.0f s while clients wait",
+                     self.peer or "client", self.connection.idle_seconds)
+            self.reply(replies.OVERLOADED.format(host=host), final=True)
+            return False
         except Closed:
             return False
-        except (BrokenPipeError, ConnectionError) as exc:
+        except OSError as exc:  # the connection broke (ClientNotReading too)
             log.info("%s: connection lost: %s", self.peer or "client", exc)
             return False
 
-    def reply(self, reply: Reply, final: bool = False) -> None:
-        """Send one reply; while a pipelining client's next commands are
-        already buffered, replies are held back and go out together."""
+    def reply(self, reply: Reply, final: bool = False) -> bool:
+        """Queue one reply; the connection sends queued replies together
+        before it waits for input (RFC 2920), ``final`` ones at once.
+        False when a final reply could not be sent."""
         try:
-            self.writer.write(reply.encode())
-            if final or not self.reader.has_buffered:
-                self.writer.flush()
-        except (BrokenPipeError, ConnectionError, OSError):
+            self.connection.write(reply.encode())
             if final:
-                return
+                self.connection.flush()
+        except OSError:
+            if final:
+                return False
             raise Closed() from None
+        return True
 
     def handle_line(self, raw: bytes) -> Optional[Reply]:
         """Answer one command line; counts consecutive errors."""
@@ -169,7 +188,7 @@ class Session:
         if reply is None or not reply.is_error:
             self.errors = 0
             return reply
-        if reply.code == 421:
+        if reply.code == 421 or self._overshooting(reply):
             return reply
         self.errors += 1
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
@@ -178,10 +197,16 @@ class Session:
             return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
         return reply
 
+    def _overshooting(self, reply: Reply) -> bool:
+        """A 452 for recipients past the limit is no mistake of the client's."""
+        envelope = self.envelope
+        return (reply is replies.TOO_MANY_RECIPIENTS and envelope is not None
+                and envelope.overshoot <= MAX_RECIPIENT_OVERSHOOT)
+
     def _dispatch(self, raw: bytes) -> Optional[Reply]:
         if not raw.endswith(b"\n"):
             if len(raw) > MAX_COMMAND_LINE:
-                if not self.reader.skip_line():
+                if not self.connection.skip_line():
                     raise Closed()
                 return replies.LINE_TOO_LONG
         self._crlf = raw.endswith(b"\r\n")
@@ -335,11 +360,11 @@ class Session:
     def _challenge(self, challenge: str) -> str | Reply:
         """Send a 334 and read the client's answer; ``*`` cancels."""
         self.reply(replies.AUTH_CHALLENGE.format(challenge=challenge), final=True)
-        line = self.reader.readline(MAX_COMMAND_LINE + 1)
+        line = self.connection.readline(MAX_COMMAND_LINE + 1)
         if not line:
             raise Closed()
         if not line.endswith(b"\n"):
-            if not self.reader.skip_line():
+            if not self.connection.skip_line():
                 raise Closed()
             return replies.LINE_TOO_LONG
         answer = line.decode("ascii", "replace").strip()
@@ -400,13 +425,19 @@ class Session:
 
     def _check_path(self, path: str, envelope: Envelope, allow_null: bool) -> str | Reply:
         try:
-            return parse_path(path, envelope.smtputf8, allow_null).address
+            address = parse_path(path, envelope.smtputf8, allow_null).address
         except AddressError as exc:
             if exc.needs_utf8:
                 return replies.NEEDS_SMTPUTF8
             if exc.policy:
                 return replies.ADDRESS_REFUSED.format(reason=exc)
             return replies.BAD_ADDRESS.format(reason=exc)
+        if self.settings.shell_safe:
+            unsafe = shell_unsafe_character(address)
+            if unsafe is not None:
+                return replies.ADDRESS_REFUSED.format(
+                    reason=f"character {unsafe} is not allowed (--shell-safe-addresses)")
+        return address
 
     def smtp_RCPT(self, argument: str) -> Reply:
         if self._needs_auth():
@@ -424,6 +455,7 @@ class Session:
         if params:
             return replies.UNKNOWN_PARAMETER.format(name=params.split()[0].partition("=")[0].upper())
         if len(envelope.recipients) >= MAX_RECIPIENTS:
+            envelope.overshoot += 1
             return replies.TOO_MANY_RECIPIENTS
         address = self._check_path(path, envelope, allow_null=False)
         if isinstance(address, Reply):
@@ -441,17 +473,20 @@ class Session:
             return replies.NEED_RCPT
         if argument:
             return replies.SYNTAX.format(usage="DATA")
-        self.reply(replies.START_DATA, final=True)
+        self.reply(replies.START_DATA)  # the connection sends it before it reads
         spool = Spool(self.settings.max_size, self.settings.spool_dir)
+        self.connection.begin_data()
         try:
             spool.write(self._received_header(envelope), counted=False)
-            if not receive_data(self.reader, spool, after_crlf=self._crlf):
+            if not receive_data(self.connection, spool, after_crlf=self._crlf):
                 log.info("%s: client disconnected during DATA; nothing delivered",
                          self.peer or "client")
                 raise Closed()
+            self.connection.end_data()
             self.envelope = None
             return self._finish(envelope, spool)
         finally:
+            self.connection.end_data()
             spool.close()
 
     def _finish(self, envelope: Envelope, spool: Spool) -> Reply:

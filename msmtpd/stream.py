@@ -3,25 +3,18 @@
 The session needs three things a plain buffered file does not give together:
 lines with a hard length bound (``readline(limit)`` as CPython's
 socketserver does), large raw chunks for DATA, and a way to push back the
-bytes a pipelining client sent after the final dot.  Sockets, pipes and
-in-memory test streams all provide ``recv``; a timeout is the ``recv``
-function raising :class:`TimeoutError`.
+bytes a pipelining client sent after the final dot.  This class only
+buffers; :class:`msmtpd.connection.Connection` supplies a ``recv`` with the
+deadlines, and a timeout is that ``recv`` raising :class:`TimeoutError`.
 """
 
 from __future__ import annotations
 
-import os
-import select
 from typing import Callable
 
 CHUNK_SIZE = 64 * 1024
 
 Recv = Callable[[int], bytes]
-
-
-class ShutdownRequested(Exception):
-    """Raised by a ``recv`` when the service stops and the session is
-    between transactions, so it can be closed politely (421)."""
 
 
 class LineReader:
@@ -85,17 +78,3 @@ class LineReader:
     def _take(self, count: int) -> bytes:
         data, self._buffer = self._buffer[:count], self._buffer[count:]
         return data
-
-
-def fd_recv(fd: int, timeout: float | None) -> Recv:
-    """A ``recv`` for a file descriptor (a pipe or a socket on stdin) that
-    raises :class:`TimeoutError` after ``timeout`` seconds of silence."""
-
-    def recv(size: int) -> bytes:
-        if timeout is not None:
-            ready, _, _ = select.select([fd], [], [], timeout)
-            if not ready:
-                raise TimeoutError("idle timeout")
-        return os.read(fd, size)
-
-    return recv

@@ -1,9 +1,12 @@
 """A pre-forked worker: accepts on the shared listening sockets and serves
-one session at a time through ``socketserver.StreamRequestHandler``.
+one session at a time through ``socketserver``'s request cycle.
 
 Workers wait in ``select`` on the listening sockets and a wake-up pipe that
 signals write to, so a stop request is never stuck behind ``accept()``.
-A forked worker always leaves through ``os._exit``.
+While a session runs, the worker is the connection's :class:`Watch`: it
+handles signals, closes an idle session for a stop or an overload, and
+ends a delivery that outlives the stop's grace time.  A forked worker
+always leaves through ``os._exit``.
 """
 
 from __future__ import annotations
@@ -14,17 +17,26 @@ import signal
 import socket
 import socketserver
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from msmtpd import logs, privileges
+from msmtpd.connection import (
+    OVERLOAD_IDLE_SECONDS,
+    Connection,
+    Overloaded,
+    ShutdownRequested,
+    Transport,
+    peer_name,
+)
 from msmtpd.service import Service
-from msmtpd.stream import LineReader, ShutdownRequested
+from msmtpd.session import Session
 
 # Exit status of a worker that could not start; the master halts on it.
 EXIT_BOOT_ERROR = 3
 # How often an idle worker checks that its master is still alive.
 PARENT_CHECK_SECONDS = 1.0
-WRITE_BUFFER = 64 * 1024
+# Byte values in the scoreboard the master shares with its workers.
+IDLE, BUSY = 0, 1
 
 
 def _title(text: str) -> None:
@@ -66,64 +78,14 @@ class _ListenerWatch:
             self.epoll.close()
 
 
-class SessionRecv:
-    """``recv`` for one client connection: idle timeout, and a polite stop
-    when the worker is asked to exit while the session is between
-    transactions."""
+class SessionHandler(socketserver.BaseRequestHandler):
+    """Runs the shared session core on an accepted connection; the
+    connection layer does all reading and writing."""
 
-    def __init__(self, connection: socket.socket, timeout: float, worker: Worker) -> None:
-        self.connection = connection
-        self.timeout = timeout
-        self.worker = worker
-        self.interruptible: Callable[[], bool] = lambda: True
-
-    def __call__(self, size: int) -> bytes:
-        watch: List[Any] = [self.connection, self.worker.wake_fd]
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self.worker.stopping and self.interruptible():
-                raise ShutdownRequested()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("idle timeout")
-            ready, _, _ = select.select(watch, [], [], min(remaining, PARENT_CHECK_SECONDS))
-            if self.connection in ready:
-                return self.connection.recv(size)
-            self.worker.handle_signals()
-
-
-class SessionHandler(socketserver.StreamRequestHandler):
-    """Runs the shared session core on an accepted connection."""
-
-    wbufsize = WRITE_BUFFER
     server: WorkerServer
 
-    def setup(self) -> None:
-        # Only the write side: reading goes through SessionRecv, which adds
-        # the idle timeout and the polite stop, so no rfile is made.
-        self.connection = self.request
-        self.wfile = self.connection.makefile("wb", self.wbufsize)
-
     def handle(self) -> None:
-        worker = self.server.worker
-        peer = str(self.client_address[0]) if self.client_address else ""
-        _title(f"session {peer}")
-        recv = SessionRecv(self.connection, worker.service.config.timeout, worker)
-        session = worker.service.session(LineReader(recv), self.wfile, peer)  # type: ignore[arg-type]
-        recv.interruptible = lambda: session.idle
-        session.run()
-
-    def finish(self) -> None:
-        try:
-            self.wfile.flush()
-        except OSError:
-            pass  # the client is gone; nothing left to flush to
-        finally:
-            try:
-                self.wfile.close()
-            except OSError:
-                pass
-        _title("worker idle")
+        self.server.worker.serve_session(self.request)
 
 
 class WorkerServer(socketserver.BaseServer):
@@ -150,17 +112,25 @@ class WorkerServer(socketserver.BaseServer):
 
 
 class Worker:
+    """One process of the pool.  ``scoreboard`` is memory shared with the
+    master and every worker, one byte per slot (IDLE or BUSY), so a worker
+    can tell when the whole pool is busy."""
+
     def __init__(self, service: Service, sockets: List[socket.socket], master_pid: int,
-                 status_fd: int, user: Optional[str]) -> None:
+                 status_fd: int, user: Optional[str], scoreboard: Any = None, slot: int = 0) -> None:
         self.service = service
         self.sockets = sockets
         self.master_pid = master_pid
         self.status_fd = status_fd
         self.user = user
+        self.scoreboard = scoreboard
+        self.slot = slot
         self.stopping = False
         self.stop_requested = False
+        self.stop_deadline = float("inf")  # when running sessions and commands must end
         self.reopen_log = False
         self.wake_fd = -1
+        self.session: Optional[Session] = None
 
     def run(self) -> None:
         """The worker's whole life; never returns."""
@@ -216,12 +186,62 @@ class Worker:
             self.stop()
 
     def stop(self) -> None:
-        """Stop accepting at once; a running session ends after its transaction."""
+        """Stop accepting at once; a running session ends after its
+        transaction, or when the grace time (``--timeout``) runs out."""
         if self.stopping:
             return
         self.stopping = True
+        self.stop_deadline = time.monotonic() + self.service.config.timeout
         for sock in self.sockets:
             sock.close()
+
+    # -- while a session runs ---------------------------------------------
+
+    def serve_session(self, connection: socket.socket) -> None:
+        peer = peer_name(connection)
+        _title(f"session {peer}")
+        self._mark(BUSY)
+        try:
+            wire = Connection(Transport(connection, connection), self.service.config.timeout,
+                              watch=self, peer=peer)
+            self.session = self.service.session(wire, peer, interrupt=self)
+            self.session.run()
+        finally:
+            self.session = None
+            self._mark(IDLE)
+            _title("worker idle")
+
+    def check(self, connection: Connection, reading: bool) -> None:
+        """The connection's Watch: called on every wake-up and tick."""
+        self.handle_signals()
+        if not reading:
+            return
+        if self.stopping:
+            session = self.session
+            if session is None or session.idle or time.monotonic() >= self.stop_deadline:
+                raise ShutdownRequested()
+            return
+        if (connection.awaiting_command and connection.idle_seconds >= OVERLOAD_IDLE_SECONDS
+                and self._pool_overloaded()):
+            raise Overloaded()
+
+    def interrupted(self) -> Optional[str]:
+        """For a running delivery command: why it must end now, if it must."""
+        self.handle_signals()
+        if self.stopping and time.monotonic() >= self.stop_deadline:
+            return "msmtpd is stopping and the grace time ran out"
+        return None
+
+    def _pool_overloaded(self) -> bool:
+        """Every worker busy and a connection waiting in a listen queue."""
+        if self.scoreboard is None or IDLE in self.scoreboard[:]:
+            return False
+        waiting, _, _ = select.select(self.sockets, [], [], 0)
+        return bool(waiting)
+
+    def _mark(self, state: int) -> None:
+        if self.scoreboard is not None:
+            self.scoreboard[self.slot] = state
 
     def _serve(self) -> None:
         server = WorkerServer(self)

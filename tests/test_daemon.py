@@ -226,12 +226,16 @@ def test_user_drops_privileges_in_the_workers(public_dir: Path) -> None:
     # nobody cannot run scripts under /root, so the command is plain sh and cat.
     command = f"cat > {public_dir}/mail.$$; :"
     args = [f"--command={command}", "--user=nobody", "--max-sessions=2", f"--log={log}"]
+    def uids(pid: int) -> List[str]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+
     with Server(args) as server:
-        assert wait_until(lambda: len(children(server.pid)) == 2)
+        # The port listens before the workers are forked: wait until both dropped.
+        assert wait_until(lambda: len(children(server.pid)) == 2
+                          and all(uids(w) != ["0"] * 4 for w in children(server.pid)))
         for worker in children(server.pid):
-            status = Path(f"/proc/{worker}/status").read_text()
-            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+            assert uids(worker) == [str(nobody.pw_uid)] * 4
         send_mail(server.port)
         mails = list(public_dir.glob("mail.*"))
         assert len(mails) == 1 and mails[0].stat().st_uid == nobody.pw_uid

@@ -127,6 +127,7 @@ def test_command_of_a_dead_worker_is_ended(tmp_path: Path) -> None:
 
 def test_killing_the_master_frees_the_port(tmp_path: Path) -> None:
     server = Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=3"]).start()
+    assert wait_until(lambda: len(children(server.pid)) == 3)  # the port listens before they fork
     workers = children(server.pid)
     busy = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     assert busy.recv(100).startswith(b"220")

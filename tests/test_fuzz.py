@@ -1,6 +1,6 @@
 """Property-based fuzzing of the socket-free SMTP session (hypothesis).
 
-Generated conversations run through ``Session(LineReader(recv), writer,
+Generated conversations run through ``Session(in_memory(recv, writer),
 Settings(...), deliver).run()`` with a ``recv`` that hands the input over in
 generated chunk sizes, so every pipelined batch is also split at arbitrary
 byte boundaries.  What must hold for every input:
@@ -37,10 +37,10 @@ from hypothesis import strategies as st
 
 from msmtpd import message, replies
 from msmtpd import session as session_module
+from msmtpd.connection import ShutdownRequested, in_memory
 from msmtpd.message import Spool
 from msmtpd.replies import Reply
 from msmtpd.session import MAX_COMMAND_LINE, MAX_CONSECUTIVE_ERRORS, Envelope, Session, Settings
-from msmtpd.stream import LineReader, ShutdownRequested
 
 # -- profiles ----------------------------------------------------------------
 
@@ -277,7 +277,8 @@ def run_session(data: bytes, sizes: Sequence[int] = (), end: str = "eof",
         stack.enter_context(mock.patch.object(message, "MAX_BUFFERED_LINE", knobs.buffered_line))
         stack.enter_context(mock.patch.object(session_module, "Spool", small_spool))
         stack.enter_context(time_limit(RUN_SECONDS))
-        ended_with_quit = Session(LineReader(wire.recv, reader_chunk), out, config, recorder, PEER).run()
+        connection = in_memory(wire.recv, out, chunk_size=reader_chunk)
+        ended_with_quit = Session(connection, config, recorder, PEER).run()
     assert isinstance(ended_with_quit, bool)
     raw = out.getvalue()
     return Outcome(ended_with_quit, raw, parse_replies(raw), recorder.mails, wire)

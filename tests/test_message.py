@@ -12,6 +12,7 @@ from typing import Callable, List, NamedTuple, Tuple
 import pytest
 
 from msmtpd import replies
+from msmtpd.connection import in_memory
 from msmtpd.message import MAX_BUFFERED_LINE, SPOOL_MEMORY_LIMIT, Spool, receive_data
 from msmtpd.replies import Reply
 from msmtpd.session import Envelope, Session, Settings
@@ -73,7 +74,7 @@ def session(wire: bytes, settings: Settings | None = None, size: int = 1 << 20,
     """Run a session on ``wire``; return the reply codes and the recorder."""
     recorder = recorder or Recorder()
     out = io.BytesIO()
-    Session(LineReader(pieces(wire, size)), out, settings or Settings(hostname="mx.test"), recorder).run()
+    Session(in_memory(pieces(wire, size), out), settings or Settings(hostname="mx.test"), recorder).run()
     recorder.raw = out.getvalue()
     return [int(line[:3]) for line in final_lines(recorder.raw)], recorder
 
@@ -379,8 +380,8 @@ def test_large_message_is_delivered_from_a_file(tmp_path: Path) -> None:
         seen.append(spool.read_all())
         return replies.DELIVERED
 
-    reader = LineReader(io.BytesIO(HEAD + line * count + b".\r\nQUIT\r\n").read1)
-    Session(reader, io.BytesIO(), settings, deliver).run()
+    connection = in_memory(io.BytesIO(HEAD + line * count + b".\r\nQUIT\r\n").read1, io.BytesIO())
+    Session(connection, settings, deliver).run()
     assert isinstance(seen[0], int)
     assert isinstance(seen[1], bytes)
     assert without_received(seen[1]) == line.replace(b"\r\n", b"\n") * count

@@ -1,0 +1,299 @@
+"""The connection layer: everything between a file descriptor and the session.
+
+It owns buffering, the per-request deadlines of contract 6, the overload
+and stop checks of the worker (through a :class:`Watch`), and the peer
+address.  No other module calls ``recv`` or ``send``.
+
+Deadlines bound whole requests, not single reads (Postfix's
+``smtpd_per_request_deadline``): a command line must be complete within
+``timeout`` seconds of the previous reply, however the client spreads its
+bytes, and every reply must be written within ``timeout`` or the client,
+which is not reading, is dropped.  DATA may pause for ``timeout`` but, once
+it has run that long, must average :data:`MIN_DATA_RATE` octets a second.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import stat
+import time
+from typing import IO, Callable, Optional, Protocol, Union
+
+from msmtpd.stream import CHUNK_SIZE, LineReader
+
+# Postfix's smtpd_min_data_rate default: octets per second that DATA must
+# average once it has lasted the timeout.
+MIN_DATA_RATE = 500
+# Postfix's overload smtpd_timeout (10 s): when the pool is full and clients
+# wait, a session idle this long between commands makes way.
+OVERLOAD_IDLE_SECONDS = 10.0
+# A Watch is consulted at least this often while the connection waits.
+TICK_SECONDS = 1.0
+# No single poll waits longer than this, whatever the timeout.
+MAX_POLL_SECONDS = 3600.0
+# Replies are sent once this much is pending, even mid-batch.
+WRITE_BUFFER = 64 * 1024
+# A write to a pipe or terminal of at most PIPE_BUF octets never blocks
+# once poll says it is writable.
+PIPE_WRITE = select.PIPE_BUF
+
+Endpoint = Union[socket.socket, int]
+
+
+class ShutdownRequested(Exception):
+    """The service stops and the session is between transactions: close it
+    politely (421)."""
+
+
+class Overloaded(Exception):
+    """Every worker is busy, clients wait and this session idles: 421."""
+
+
+class RequestTimeout(TimeoutError):
+    """A command line was not complete within the timeout."""
+
+
+class DataTooSlow(TimeoutError):
+    """DATA fell under the minimum rate."""
+
+
+class ClientNotReading(ConnectionError):
+    """A reply could not be written within the timeout; no reply can reach
+    such a client, so the connection is only closed."""
+
+
+class Watch(Protocol):
+    """The worker's view of a waiting connection: ``wake_fd`` becomes
+    readable on a signal; ``check`` handles it and may raise
+    :class:`ShutdownRequested` or :class:`Overloaded` while ``reading``."""
+
+    wake_fd: int
+
+    def check(self, connection: Connection, reading: bool) -> None: ...
+
+
+class Transport:
+    """Reads from one endpoint and writes to another (the same socket, or
+    inetd's standard input and output): sockets without blocking, pipes and
+    terminals in pieces that cannot block."""
+
+    def __init__(self, reader: Endpoint, writer: Endpoint) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
+        """True when the endpoint is ready; False after ``seconds`` or on a wake-up."""
+        poller = select.poll()
+        poller.register(self.writer if writing else self.reader,
+                        select.POLLOUT if writing else select.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        wanted = self._fd(self.writer if writing else self.reader)
+        try:
+            events = poller.poll(max(0, int(min(seconds, MAX_POLL_SECONDS) * 1000)) + 1)
+        except InterruptedError:
+            return False
+        return any(fd == wanted for fd, _ in events)
+
+    def recv(self, size: int) -> bytes:
+        if isinstance(self.reader, socket.socket):
+            return self.reader.recv(size, socket.MSG_DONTWAIT)
+        return os.read(self.reader, size)
+
+    def send(self, data: memoryview) -> int:
+        if isinstance(self.writer, socket.socket):
+            return self.writer.send(data, socket.MSG_DONTWAIT)
+        return os.write(self.writer, data[:PIPE_WRITE])
+
+    @staticmethod
+    def _fd(endpoint: Endpoint) -> int:
+        return endpoint if isinstance(endpoint, int) else endpoint.fileno()
+
+    def close(self) -> None:
+        for end in {id(self.reader): self.reader, id(self.writer): self.writer}.values():
+            if isinstance(end, socket.socket):
+                end.close()
+
+
+class MemoryTransport(Transport):
+    """For tests and tools: reads from a ``recv`` function, writes to a
+    binary file (flushed on every send), never waits."""
+
+    def __init__(self, recv: Callable[[int], bytes], writer: IO[bytes]) -> None:
+        super().__init__(-1, -1)
+        self._recv_function = recv
+        self._file = writer
+
+    def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
+        return True
+
+    def recv(self, size: int) -> bytes:
+        return self._recv_function(size)
+
+    def send(self, data: memoryview) -> int:
+        self._file.write(data)
+        self._file.flush()
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+class Connection(LineReader):
+    """A session's connection: buffered lines and chunks in, replies out,
+    each bounded by the deadlines described above."""
+
+    def __init__(self, transport: Transport, timeout: Optional[float],
+                 watch: Optional[Watch] = None, peer: str = "",
+                 clock: Callable[[], float] = time.monotonic, chunk_size: int = CHUNK_SIZE) -> None:
+        super().__init__(self._receive, chunk_size)
+        self.transport = transport
+        self.timeout = timeout
+        self.watch = watch
+        self.peer = peer
+        self._clock = clock
+        self._out = bytearray()
+        self._replied_at = clock()  # the last reply went out (or we connected)
+        self._data_started: Optional[float] = None
+        self._data_octets = 0
+
+    # -- what the session and the worker ask --------------------------
+
+    @property
+    def awaiting_command(self) -> bool:
+        """Between commands (not in DATA): the overload rule may apply."""
+        return self._data_started is None
+
+    @property
+    def idle_seconds(self) -> float:
+        """How long the client has been silent since our last reply."""
+        return self._clock() - self._replied_at
+
+    def begin_data(self) -> None:
+        self._data_started = self._clock()
+        self._data_octets = 0
+
+    def end_data(self) -> None:
+        self._data_started = None
+
+    def write(self, data: bytes) -> None:
+        self._out += data
+        if len(self._out) >= WRITE_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is pending within the timeout, else ClientNotReading."""
+        if self._out:
+            view = memoryview(self._out)
+            deadline = self._deadline(self._clock())
+            try:
+                while view:
+                    try:
+                        view = view[self.transport.send(view):]
+                        continue
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    self._wait(writing=True, deadline=deadline, expired=ClientNotReading)
+            finally:
+                sent = len(self._out) - len(view)
+                view.release()
+                del self._out[:sent]
+        self._replied_at = self._clock()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- reading, with the deadlines ----------------------------------
+
+    def _receive(self, size: int) -> bytes:
+        """One read for the LineReader: pending replies go out first, so a
+        pipelining client never waits for answers we hold back.  Silence
+        is bounded by the deadline; DATA's rate is judged as octets arrive
+        (a silent client is idle, not slow)."""
+        if self._out:
+            self.flush()
+        if self.watch is not None:  # a stop between transactions wins over waiting input
+            self.watch.check(self, reading=True)
+        while True:
+            self._wait(writing=False, deadline=self._deadline(self._replied_at),
+                       expired=RequestTimeout)
+            try:
+                data = self.transport.recv(size)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if self._data_started is not None:
+                self._data_octets += len(data)
+                if data and self.timeout is not None and self._clock() >= self._rate_deadline():
+                    raise DataTooSlow("data too slow")
+                self._replied_at = self._clock()  # silence in DATA counts from the last octet
+            return data
+
+    def _rate_deadline(self) -> float:
+        """When DATA, at its current count, falls under the minimum rate."""
+        assert self._data_started is not None and self.timeout is not None
+        return self._data_started + max(self.timeout, self._data_octets / MIN_DATA_RATE)
+
+    def _deadline(self, start: float) -> Optional[float]:
+        return None if self.timeout is None else start + self.timeout
+
+    def _wait(self, writing: bool, deadline: Optional[float],
+              expired: Callable[[str], BaseException]) -> None:
+        """Wait until the endpoint is ready, consulting the watch on every
+        wake-up and tick; raise ``expired`` at the deadline."""
+        wake_fd = self.watch.wake_fd if self.watch is not None else None
+        while True:
+            now = self._clock()
+            if deadline is not None and now >= deadline:
+                raise expired("timeout")
+            seconds = MAX_POLL_SECONDS if deadline is None else deadline - now
+            if self.watch is not None:
+                seconds = min(seconds, TICK_SECONDS)
+            if self.transport.wait(writing, seconds, wake_fd):
+                return
+            if self.watch is not None:
+                self.watch.check(self, reading=not writing)
+
+
+def in_memory(recv: Callable[[int], bytes], writer: IO[bytes], timeout: Optional[float] = None,
+              chunk_size: int = CHUNK_SIZE) -> Connection:
+    """A connection over a ``recv`` function and a binary file (tests, tools)."""
+    return Connection(MemoryTransport(recv, writer), timeout, chunk_size=chunk_size)
+
+
+def endpoint_of(fd: int) -> Endpoint:
+    """A socket object for a descriptor that is a socket (it may then be
+    read and written without blocking), else the descriptor itself."""
+    try:
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return socket.socket(fileno=os.dup(fd))
+    except OSError:
+        pass
+    return fd
+
+
+def peer_name(endpoint: Endpoint) -> str:
+    """The client's IP address, or "" for a pipe or a Unix socket."""
+    if not isinstance(endpoint, socket.socket):
+        return ""
+    try:
+        address = endpoint.getpeername()
+    except OSError:
+        return ""
+    return str(address[0]) if isinstance(address, tuple) else ""
+
+
+def same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 from msmtpd import replies
 from msmtpd.address import AddressError, parse_path, shell_unsafe_character, split_path
 from msmtpd.config import is_number
-from msmtpd.connection import Connection, DataTooSlow, Overloaded, ShutdownRequested
+from msmtpd.connection import ClientNotReading, Connection, DataTooSlow, Overloaded, ShutdownRequested
 from msmtpd.message import Spool, receive_data
 from msmtpd.replies import Reply
 
@@ -164,7 +164,10 @@ class Session:
             return False
         except Closed:
             return False
-        except OSError as exc:  # the connection broke (ClientNotReading too)
+        except ClientNotReading:
+            log.info("%s: client does not read its replies; dropped", self.peer or "client")
+            return False
+        except OSError as exc:  # the connection broke
             log.info("%s: connection lost: %s", self.peer or "client", exc)
             return False
 
@@ -177,9 +180,9 @@ class Session:
             if final:
                 self.connection.flush()
         except OSError:
-            if final:
-                return False
-            raise Closed() from None
+            if not final:
+                raise  # run() says why the session ended
+            return False
         return True
 
     def handle_line(self, raw: bytes) -> Optional[Reply]:

@@ -11,13 +11,23 @@ Loads: (1) 1 KB mails, one per session, 16 sessions at once; (2) the same
 with 100 mails per session; (3) 20 MB mails, 4 sessions at once; (4)
 --inetd sessions, one process each, against `python -c pass`; (5) time
 from start to accepting connections; (6) PSS of the whole process tree,
-idle and under load 1.  No assertion: this is a measurement, not a test.
+idle and under load 1; (7) start to listening, many runs each, against
+`python -c pass` spawned to exit.  No assertion: this is a measurement,
+not a test.
+
+    python3 scripts/bench.py --only start   # only row 7 (a few seconds)
+
+Every Python process it starts is sys.executable itself, and ours is the
+console script next to it: `python3` on PATH may be a pyenv shim (a shell
+script costing some 25 ms a start), which would inflate the floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import signal
@@ -29,10 +39,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 C_MSMTPD = "/usr/bin/msmtpd"
-OURS = str(Path(sys.executable).parent / "msmtpd")
+PYTHON = sys.executable  # the interpreter itself, never a shim found on PATH
+OURS = str(Path(PYTHON).parent / "msmtpd")
+FLOOR = "python -c pass"  # the name of the floor's column and samples
+START_RUNS, START_RUNS_QUICK = 17, 3
+START_POLL = 0.0005  # seconds between connect attempts
+START_AIM = 1.5  # ours / floor, for starting to listen
 DISCARD_C = r"""
 #include <unistd.h>
 int main(void) { char buf[65536]; while (read(0, buf, sizeof buf) > 0) {} return 0; }
@@ -69,6 +84,124 @@ def wait_for_port(port: int, timeout: float = 20.0) -> float:
         except OSError:
             time.sleep(0.002)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+def shebang_interpreter(script: str) -> Optional[str]:
+    """The interpreter a console script's #! line names, if it has one."""
+    try:
+        with open(script, "rb") as file:
+            first = file.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return words[0] if words else None
+
+
+def check_interpreter(ours: str) -> None:
+    """The floor only means something if ours runs on the interpreter that
+    the floor times: say so when the console script names another one."""
+    named = shebang_interpreter(ours)
+    if named is None:
+        print(f"note: {ours} has no #! line; the floor is timed with {PYTHON}")
+    elif os.path.realpath(named) != os.path.realpath(PYTHON):
+        print(f"note: {ours} runs {named}, but the floor is timed with {PYTHON}")
+
+
+def use_bytecode_cache(directory: Path) -> None:
+    """Let every Python this benchmark starts read and write compiled
+    bytecode in ``directory``.  An installed package comes byte-compiled,
+    but with PYTHONDONTWRITEBYTECODE set (as on this project's machine) a
+    source tree never gets a __pycache__, and each start would compile
+    msmtpd's modules again (some 20 ms).  Set in our own environment, it is
+    inherited by every child; the tree itself is left alone."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(directory)
+
+
+def warm_up(ours: Sequence[str], inetd: Sequence[str]) -> None:
+    """One untimed start of each Python program, to fill the bytecode cache."""
+    time_to_listen(ours)
+    inetd_rate(inetd, 1)
+    time_to_exit([PYTHON, "-c", "pass"])
+
+
+# -- start to listening (row 7) --------------------------------------------------
+
+def spawn(argv: Sequence[str], stderr: Union[int, IO[bytes]] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Start a program the same way for servers and for the floor."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def connects(port: int) -> bool:
+    """One TCP connect to 127.0.0.1:port.  A connect that lands on its own
+    source port (TCP simultaneous open, possible on an ephemeral port with
+    no listener) does not count."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0 and sock.getsockname()[1] != port
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM and wait; SIGKILL if it has not gone within ``grace``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def time_to_listen(argv: Sequence[str], timeout: float = 20.0) -> float:
+    """Seconds from spawning the server on a fresh port until a connect to
+    it succeeds, polled every START_POLL from here; the server is stopped."""
+    port = free_port()
+    with tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        process = spawn([*argv, f"--port={port}", "--interface=127.0.0.1"], stderr=errors)
+        try:
+            return _poll_listening(process, port, started, timeout)
+        except RuntimeError as error:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"{argv[0]} {error}: {' '.join(tail) or 'no error output'}") from None
+        finally:
+            stop_process(process)
+
+
+def _poll_listening(process: subprocess.Popen[bytes], port: int, started: float, timeout: float) -> float:
+    """Connect every START_POLL until one succeeds; seconds since ``started``."""
+    while True:
+        if connects(port):
+            return time.perf_counter() - started
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before listening")
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"did not listen on port {port} within {timeout} s")
+        time.sleep(START_POLL)
+
+
+def time_to_exit(argv: Sequence[str]) -> float:
+    """Seconds from spawning ``argv`` until it has exited (the floor)."""
+    started = time.perf_counter()
+    spawn(argv).wait()
+    return time.perf_counter() - started
+
+
+def start_to_listening(servers: Dict[str, List[str]], runs: int) -> Dict[str, List[float]]:
+    """Each server's start-to-listening times and the floor's spawn-to-exit
+    times, in milliseconds; the three alternate, in a rotating order, so
+    that the machine's noise falls on all of them alike."""
+    timers: List[Tuple[str, Callable[[], float]]] = [
+        (name, functools.partial(time_to_listen, argv)) for name, argv in servers.items()]
+    timers.append((FLOOR, functools.partial(time_to_exit, [PYTHON, "-c", "pass"])))
+    times: Dict[str, List[float]] = {name: [] for name, _ in timers}
+    for run in range(runs):
+        shift = run % len(timers)
+        for name, timer in timers[shift:] + timers[:shift]:
+            times[name].append(timer() * 1000)
+    return times
 
 
 class Target:
@@ -235,89 +368,169 @@ def inetd_rate(argv: Sequence[str], count: int) -> Dict[str, float]:
 
 # -- the run -----------------------------------------------------------------------
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+Samples = Dict[Tuple[str, str], List[Dict[str, float]]]
+Load = Callable[[multiprocessing.pool.Pool, Target], Dict[str, float]]
+GROUPS = {"daemon": "rows 1, 2, 3, 5 and 6", "inetd": "row 4", "start": "row 7"}
+
+
+def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round")
     parser.add_argument("--ours", default=OURS, help="this msmtpd's console script")
     parser.add_argument("--c-msmtpd", default=C_MSMTPD)
+    parser.add_argument("--only", action="append", choices=sorted(GROUPS),
+                        help="run only these rows (repeatable): "
+                        + "; ".join(f"{k}: {v}" for k, v in GROUPS.items()))
+    parser.add_argument("--cold-bytecode", action="store_true",
+                        help="keep the environment's PYTHONDONTWRITEBYTECODE and __pycache__ as they are "
+                        "(by default a private, warmed bytecode cache is used)")
+    parser.add_argument("--start-runs", type=int, default=None,
+                        help=f"runs for row 7 (default {START_RUNS}, {START_RUNS_QUICK} with --quick)")
     options = parser.parse_args(argv)
+    if not os.access(options.ours, os.X_OK):
+        parser.error(f"{options.ours} is not executable (pip install -e . with {PYTHON})")
+    if os.path.realpath(options.ours) == os.path.realpath(options.c_msmtpd):
+        # e.g. run with /usr/bin/python3: the msmtpd next to it is the C one
+        parser.error(f"{options.ours} is the C msmtpd; give this one with --ours")
+    return options
+
+
+def daemon_loads(quick: bool) -> List[Tuple[str, Load]]:
+    """Loads 1 to 3, run against a started daemon."""
+    scale = 0.02 if quick else 1.0
+    return [
+        ("1 small mails, 1/session, 16 at once",
+         lambda pool, t: run_load(pool, t.port, 16, int(1600 * scale) or 16, 1, message(1000))),
+        ("2 small mails, 100/session, 16 at once",
+         lambda pool, t: run_load(pool, t.port, 16, 16, max(1, int(100 * scale)), message(1000))),
+        ("3 large mails (20 MB), 4 at once",
+         lambda pool, t: run_load(pool, t.port, 4, int(8 * scale) or 4, 1,
+                                  message(int(20_000_000 * (0.05 if quick else 1))))),
+    ]
+
+
+def run_daemon(pool: multiprocessing.pool.Pool, target: Target, loads: List[Tuple[str, Load]],
+               samples: Samples) -> None:
+    """One round against one daemon: rows 5, 1 (with row 6), 2 and 3."""
+    startup = target.start()
+    try:
+        time.sleep(0.3)
+        samples.setdefault(("5 start to accepting", target.name), []).append({"ms": startup * 1000})
+        assert target.process is not None
+        idle = pss_kb(target.process.pid)
+        for name, load in loads:
+            if name.startswith("1"):
+                with PeakPss(target.process.pid) as peak:
+                    result = load(pool, target)
+                samples.setdefault(("6 memory PSS", target.name), []).append(
+                    {"idle MB": idle / 1024, "load-1 MB": peak.kb / 1024})
+            else:
+                result = load(pool, target)
+            samples.setdefault((name, target.name), []).append(result)
+    finally:
+        target.stop()
+
+
+def run_inetd(inetd_targets: List[Tuple[str, List[str]]], count: int, samples: Samples) -> None:
+    """One round of row 4."""
+    for name, inetd_argv in inetd_targets:
+        samples.setdefault(("4 --inetd sessions", name), []).append(inetd_rate(inetd_argv, count))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = parse_options(argv)
+    groups = set(options.only or GROUPS)
     rounds = 1 if options.quick else options.rounds
-    scale = 0.02 if options.quick else 1.0
+    check_interpreter(options.ours)
+    have_c = os.access(options.c_msmtpd, os.X_OK)
+    if not have_c:
+        print(f"note: {options.c_msmtpd} is not installed (apt-get install msmtp-mta); "
+              "reporting ours alone")
 
     workdir = Path(tempfile.mkdtemp(prefix="msmtpd-bench-"))
     try:
         command = build_discard(workdir)
+        if not options.cold_bytecode:
+            use_bytecode_cache(workdir / "pycache")
+            warm_up([options.ours, f"--command={command}"], [options.ours, "--inetd", f"--command={command}"])
+        print("bytecode: " + ("as the environment has it" if options.cold_bytecode
+                              else f"a private cache, warmed ({os.environ['PYTHONPYCACHEPREFIX']})"))
+        start_times: Dict[str, List[float]] = {}
+        if "start" in groups:
+            servers = {"ours": [options.ours, f"--command={command}"]}
+            if have_c:
+                servers["C"] = [options.c_msmtpd, f"--command={command}"]
+            runs = options.start_runs or (START_RUNS_QUICK if options.quick else START_RUNS)
+            start_times = start_to_listening(servers, runs)
         targets = [Target("ours", [options.ours, f"--command={command}", "--max-sessions=16"])]
-        if os.access(options.c_msmtpd, os.X_OK):
+        inetd_targets = [("ours", [options.ours, "--inetd", f"--command={command}"])]
+        if have_c:
             targets.append(Target("C", [options.c_msmtpd, f"--command={command}"]))
-        else:
-            print(f"note: {options.c_msmtpd} is not installed (apt-get install msmtp-mta); "
-                  "reporting ours alone")
-        loads: List[Tuple[str, Callable[[multiprocessing.pool.Pool, Target], Dict[str, float]]]] = [
-            ("1 small mails, 1/session, 16 at once",
-             lambda pool, t: run_load(pool, t.port, 16, int(1600 * scale) or 16, 1, message(1000))),
-            ("2 small mails, 100/session, 16 at once",
-             lambda pool, t: run_load(pool, t.port, 16, 16, max(1, int(100 * scale)), message(1000))),
-            ("3 large mails (20 MB), 4 at once",
-             lambda pool, t: run_load(pool, t.port, 4, int(8 * scale) or 4, 1,
-                                      message(int(20_000_000 * (0.05 if options.quick else 1))))),
-        ]
-        samples: Dict[Tuple[str, str], List[Dict[str, float]]] = {}
-        context = multiprocessing.get_context("fork")
-        with context.Pool(16) as pool:
-            for round_number in range(rounds):
-                order = targets if round_number % 2 == 0 else targets[::-1]
-                for target in order:
-                    startup = target.start()
-                    try:
-                        time.sleep(0.3)
-                        samples.setdefault(("5 start to accepting", target.name), []).append(
-                            {"ms": startup * 1000})
-                        assert target.process is not None
-                        idle = pss_kb(target.process.pid)
-                        for name, load in loads:
-                            if name.startswith("1"):
-                                with PeakPss(target.process.pid) as peak:
-                                    result = load(pool, target)
-                                samples.setdefault(("6 memory PSS", target.name), []).append(
-                                    {"idle MB": idle / 1024, "load-1 MB": peak.kb / 1024})
-                            else:
-                                result = load(pool, target)
-                            samples.setdefault((name, target.name), []).append(result)
-                    finally:
-                        target.stop()
-                inetd_count = 5 if options.quick else 40
-                inetd_targets = [("ours", [options.ours, "--inetd", f"--command={command}"])]
-                if len(targets) > 1:
-                    inetd_targets.append(("C", [options.c_msmtpd, "--inetd", f"--command={command}"]))
-                inetd_targets.append(("python -c pass", [sys.executable, "-c", "pass"]))
-                for name, inetd_argv in inetd_targets:
-                    samples.setdefault(("4 --inetd sessions", name), []).append(
-                        inetd_rate(inetd_argv, inetd_count))
-        report(samples, rounds)
+            inetd_targets.append(("C", [options.c_msmtpd, "--inetd", f"--command={command}"]))
+        inetd_targets.append((FLOOR, [PYTHON, "-c", "pass"]))
+        samples: Samples = {}
+        if groups & {"daemon", "inetd"}:
+            loads = daemon_loads(options.quick)
+            with multiprocessing.get_context("fork").Pool(16) as pool:
+                for round_number in range(rounds):
+                    if "daemon" in groups:
+                        for target in targets if round_number % 2 == 0 else targets[::-1]:
+                            run_daemon(pool, target, loads, samples)
+                    if "inetd" in groups:
+                        run_inetd(inetd_targets, 5 if options.quick else 40, samples)
+        if samples:
+            report(samples, rounds)
+        if start_times:
+            report_start(start_times)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def report(samples: Dict[Tuple[str, str], List[Dict[str, float]]], rounds: int) -> None:
+def row(load: str, metric: str, mine: float, theirs: Optional[float], ratio: Optional[float],
+        base: Optional[float], note: str = "") -> str:
+    """One line of the table; a missing figure is a dash."""
+    def cell(value: Optional[float], width: int, digits: int) -> str:
+        return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+    line = f"{load:42} {metric:11} {mine:10.1f} {cell(theirs, 10, 1)} {cell(ratio, 7, 2)}"
+    if base is not None:
+        line += f" {base:15.1f}"
+    return line + (f"  {note}" if note else "")
+
+
+def report(samples: Samples, rounds: int) -> None:
     loads = sorted({load for load, _ in samples})
     print(f"\nmedians of {rounds} round(s); ratio = ours / C "
           f"(for ms and MB lower is better, for rates higher is better)")
-    print(f"{'load':42} {'metric':11} {'ours':>10} {'C':>10} {'ratio':>7} {'python -c pass':>15}")
+    print(f"{'load':42} {'metric':11} {'ours':>10} {'C':>10} {'ratio':>7} {FLOOR:>15}")
     for load in loads:
         ours = samples.get((load, "ours"), [])
         other = samples.get((load, "C"), [])
-        floor = samples.get((load, "python -c pass"), [])
+        floor = samples.get((load, FLOOR), [])
         for metric in ours[0] if ours else []:
             mine = statistics.median(s[metric] for s in ours)
             theirs = statistics.median(s[metric] for s in other) if other else None
             base = statistics.median(s[metric] for s in floor) if floor else None
-            ratio = f"{mine / theirs:7.2f}" if theirs else f"{'-':>7}"
-            print(f"{load:42} {metric:11} {mine:10.1f} "
-                  f"{(f'{theirs:10.1f}' if theirs is not None else f'{chr(45):>10}')} {ratio} "
-                  f"{(f'{base:15.1f}' if base is not None else '')}")
+            print(row(load, metric, mine, theirs, mine / theirs if theirs else None, base))
+
+
+def report_start(times: Dict[str, List[float]]) -> None:
+    """Row 7: median, min and max over the runs; on the median line the
+    ratio ours / C and ours / floor, next to the aim for the latter."""
+    runs = len(times["ours"])
+    print(f"\n7: {runs} runs each; ours and C: spawn until a connect succeeds (polled every "
+          f"{START_POLL * 1000:g} ms); floor: `{PYTHON} -c pass`, spawn to exit")
+    print(f"{'load':42} {'metric':11} {'ours':>10} {'C':>10} {'ratio':>7} {FLOOR:>15}")
+    for metric, pick in (("median ms", statistics.median), ("min ms", min), ("max ms", max)):
+        mine = pick(times["ours"])
+        theirs = pick(times["C"]) if "C" in times else None
+        base = pick(times[FLOOR])
+        note = ""
+        if metric.startswith("median"):
+            note = f"ours/floor {mine / base:.2f} (aim <= {START_AIM:g})"
+        print(row("7 start to listening", metric, mine, theirs,
+                  mine / theirs if theirs and metric.startswith("median") else None, base, note))
 
 
 if __name__ == "__main__":

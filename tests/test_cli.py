@@ -45,7 +45,9 @@ def test_option_with_separate_value(option: str, value: str, attribute: str, exp
     assert getattr(parse_args([option, value]), attribute) == expected
 
 
-@pytest.mark.parametrize(("flag", "attribute"), [("--inetd", "inetd"), ("--daemon", "daemon")])
+@pytest.mark.parametrize(("flag", "attribute"), [("--inetd", "inetd"), ("--daemon", "daemon"),
+                                                 ("--shell-safe-addresses", "shell_safe_addresses"),
+                                                 ("--shell", "shell_safe_addresses")])
 def test_flags(flag: str, attribute: str) -> None:
     """Flags without a value set their switch."""
     assert getattr(parse_args([flag]), attribute) is True
@@ -146,6 +148,9 @@ def test_empty_values_are_refused(argv: List[str]) -> None:
         ["--timeout=nan"], ["--timeout=inf"], ["--command-timeout=0"], ["--max-size=-1"], ["--max-size=1k"],
         ["--max-sessions=0"], ["--auth=,cmd"], ["--auth=user,"], ["--command=   "], ["--inetd", "--daemon"],
         ["--inetd", "--pidfile=/run/x.pid"], ["--inetd=yes"],
+        ["--timeout=1e10"], ["--command-timeout=1e10"], ["--timeout=31536001"], ["--max-sessions=100000000"],
+        ["--max-size=" + "9" * 400], ["--port=99999999999999999999"], ["--timeout=1e400"],
+        ["--shell-safe-addresses=yes"], ["--"], ["--port", "25", "--"],
     ],
 )
 def test_usage_errors_in_process(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,6 +160,25 @@ def test_usage_errors_in_process(argv: List[str], capsys: pytest.CaptureFixture[
     assert out == ""
     assert err.startswith("msmtpd: ")
     assert err.endswith("\n") and err.count("\n") == 1
+
+
+def test_the_largest_values_are_accepted() -> None:
+    """The bounds are generous: a year of seconds, 1024 sessions, 2**63-1 octets."""
+    config = parse_args(["--timeout=31536000", "--command-timeout=31536000", "--max-sessions=1024",
+                         f"--max-size={2**63 - 1}"])
+    assert (config.timeout, config.max_sessions, config.max_size) == (31536000, 1024, 2**63 - 1)
+
+
+@pytest.mark.parametrize("args", [["--timeout=1e10"], ["--command-timeout=1e10"],
+                                  ["--max-sessions=100000000"], ["--max-size=" + "9" * 400],
+                                  ["--port=99999999999999999999"]])
+@pytest.mark.parametrize("mode", [[], ["--inetd"]])
+def test_huge_values_are_one_line_and_exit_3_from_the_program(args: List[str], mode: List[str]) -> None:
+    result = run_msmtpd([*mode, *args])
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith("msmtpd: invalid ") and len(result.stderr.splitlines()) == 1
+    assert len(result.stderr) < 200
 
 
 def run_msmtpd(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -204,7 +228,7 @@ def test_usage_errors_say_what_is_wrong(argv: List[str], words: List[str],
 
 OPTIONS = ["--version", "--help", "--inetd", "--interface", "--port", "--log", "--command", "--auth",
            "--timeout", "--command-timeout", "--max-size", "--max-sessions", "--daemon", "--pidfile",
-           "--user"]
+           "--user", "--spool-dir", "--shell-safe-addresses"]
 
 
 def test_help_lists_every_option_and_its_default() -> None:

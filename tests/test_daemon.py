@@ -284,3 +284,36 @@ def test_process_titles(tmp_path: Path) -> None:
         assert wait_until(lambda: any(cmdline(w) == "msmtpd: session 127.0.0.1"
                                       for w in children(server.pid)))
         sock.close()
+
+
+def _listening(port: int) -> bool:
+    """The port is in LISTEN state (read from the kernel, without connecting)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+                return True
+    return False
+
+
+def test_a_client_connecting_the_moment_the_port_listens_is_served(tmp_path: Path) -> None:
+    """Scripts start msmtpd in the background and connect at once: the
+    first connect, made as soon as the port listens and never retried, is
+    served even though the workers are still starting."""
+    port = free_port()
+    process = subprocess.Popen([program("msmtpd"), f"--port={port}", "--interface=127.0.0.1",
+                                f"--command={maildir_command(tmp_path)}"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not _listening(port):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:
+            smtp.sendmail("a@example.org", ["b@example.org"], b"Subject: early\r\n\r\nbird\r\n")
+        assert len(wait_for_mails(tmp_path, 1)) == 1
+    finally:
+        process.terminate()
+        process.wait(20)
+        assert process.stderr is not None
+        process.stderr.close()

@@ -20,6 +20,7 @@ from msmtpd.session import (
     MAX_COMMAND_LINE,
     MAX_CONSECUTIVE_ERRORS,
     MAX_HELO_IN_HEADER,
+    MAX_RECIPIENT_OVERSHOOT,
     MAX_RECIPIENTS,
     Envelope,
     Session,
@@ -302,6 +303,52 @@ def test_a_thousand_recipients_and_then_452() -> None:
     assert answers[-1] == replies.TOO_MANY_RECIPIENTS
     assert result.codes[-3:] == [354, 250, 221]
     assert result.mails[0].recipients == [f"r{i}@example.org" for i in range(MAX_RECIPIENTS)]
+
+
+def test_recipients_past_the_limit_do_not_end_the_transaction() -> None:
+    """1100 pipelined RCPTs: 100 get 452, which are not the client's errors
+    (Postfix's smtpd_recipient_overshoot_limit): no 421, and DATA goes to
+    the 1000 accepted."""
+    rcpts = [f"RCPT TO:<r{i}@example.org>" for i in range(MAX_RECIPIENTS + 100)]
+    result = talk(lines("EHLO client.test", "MAIL FROM:<a@example.org>", *rcpts, "DATA", "x\r\n.", "QUIT"))
+    assert 421 not in result.codes
+    assert result.codes.count(452) == 100
+    assert result.codes[-3:] == [354, 250, 221]
+    assert len(result.mails[0].recipients) == MAX_RECIPIENTS
+
+
+def test_an_endless_overshoot_counts_as_errors_in_the_end() -> None:
+    """Past the overshoot allowance the 452s count again, so a flood of
+    RCPTs ends with the error bound like any other stream of mistakes."""
+    rcpts = [f"RCPT TO:<r{i}@example.org>" for i in
+             range(MAX_RECIPIENTS + MAX_RECIPIENT_OVERSHOOT + MAX_CONSECUTIVE_ERRORS + 5)]
+    result = talk(lines("EHLO client.test", "MAIL FROM:<a@example.org>", *rcpts, "QUIT"))
+    assert result.codes[-1] == 421 and result.mails == []
+
+
+@pytest.mark.parametrize("address", ['<"$(id)"@example.org>', "<a`id`@example.org>", '<"a;b"@example.org>',
+                                     '<"a b"@example.org>', "<a|b@example.org>", "<a&b@example.org>",
+                                     "<a*@example.org>", "<a'b@example.org>", "<{a}@example.org>",
+                                     "<a!b@example.org>", "<#a@example.org>", "<~a@example.org>"])
+def test_shell_safe_addresses_refuse_shell_syntax(address: str) -> None:
+    settings = Settings(hostname=HOST, shell_safe=True)
+    result = talk(lines("EHLO client.test", f"MAIL FROM:{address}", "MAIL FROM:<ok@example.org>",
+                        f"RCPT TO:{address}", "QUIT"), settings)
+    assert result.codes == [220, 250, 553, 250, 553, 221]
+    assert result.replies[2].text.startswith("5.1.3 Address refused: character ")
+
+
+@pytest.mark.parametrize("address", ["<bounce+user=example.org@lists.example.net>", "<a.b-c_d/e@example.org>",
+                                     "<jörg@exämple.org> SMTPUTF8", "<>"])
+def test_shell_safe_addresses_let_letters_digits_and_verp_pass(address: str) -> None:
+    settings = Settings(hostname=HOST, shell_safe=True)
+    result = talk(lines("EHLO client.test", f"MAIL FROM:{address}", "QUIT"), settings)
+    assert result.codes == [220, 250, 250, 221]
+
+
+def test_without_shell_safe_addresses_shell_syntax_is_a_literal_address() -> None:
+    result = talk(lines("EHLO client.test", *transaction(recipients=['<"$(touch${IFS}/tmp/x)"@x>']), "QUIT"))
+    assert result.mails[0].recipients == ['"$(touch${IFS}/tmp/x)"@x']
 
 
 def test_recipients_are_kept_in_order() -> None:

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import free_port, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +30,11 @@ def test_install_and_run_delivers_a_mail_where_it_says(tmp_path: Path) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:  # a mail of one's own
             smtp.sendmail("me@localhost", ["you@localhost"], "Subject: mine\r\n\r\nhello\r\n")
         assert len(list((mail / "new").iterdir())) == 2
+        if os.getuid() == 0:  # installed where man looks first, before the C msmtpd's page
+            found = subprocess.run([tool("man"), "-w", "msmtpd"], capture_output=True, text=True)
+            page = found.stdout.strip()
+            assert Path(page).read_bytes() == (ROOT / "msmtpd.1").read_bytes()
+            assert "read the manual: man msmtpd" in result.stdout
     finally:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20

@@ -62,7 +62,7 @@ class Config:
 
 
 def parse_port(text: str) -> int:
-    if not is_number(text) or not 0 < int(text) < 65536:
+    if not is_number(text) or len(text) > 5 or not 0 < int(text) < 65536:
         raise ConfigError(f"invalid port '{text}': expected a number from 1 to 65535")
     return int(text)
 
@@ -90,7 +90,8 @@ def parse_seconds(text: str, option: str) -> float:
 
 
 def parse_count(text: str, option: str, minimum: int, maximum: int) -> int:
-    if not is_number(text) or not minimum <= int(text) <= maximum:
+    # int() refuses over 4300 digits; no bound here has more than 19.
+    if not is_number(text) or len(text) > 20 or not minimum <= int(text) <= maximum:
         raise ConfigError(f"invalid {option} '{text[:40]}': expected a whole number"
                           f" from {minimum} to {maximum}")
     return int(text)

@@ -105,6 +105,12 @@ class Transport:
     def send(self, data: memoryview) -> int:
         if isinstance(self.writer, socket.socket):
             return self.writer.send(data, socket.MSG_DONTWAIT)
+        # A pipe or terminal stays blocking (it may be shared with other
+        # processes): write only what fits once poll says it is writable.
+        poller = select.poll()
+        poller.register(self.writer, select.POLLOUT)
+        if not poller.poll(0):
+            raise BlockingIOError()
         return os.write(self.writer, data[:PIPE_WRITE])
 
     @staticmethod

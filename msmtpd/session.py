@@ -414,7 +414,8 @@ class Session:
                 if not is_number(value):
                     return replies.BAD_SIZE
                 limit = self.settings.max_size
-                if limit and int(value) > limit:
+                # Over 20 digits is over any limit (and int() refuses 4300).
+                if limit and (len(value) > 20 or int(value) > limit):
                     return replies.MESSAGE_TOO_BIG.format(limit=limit)
             elif name == "BODY":
                 if value.upper() not in BODY_TYPES:

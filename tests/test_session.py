@@ -259,6 +259,14 @@ def test_mail_size_over_the_limit_is_552(declared: int, code: int) -> None:
         assert result.replies[2] == replies.MESSAGE_TOO_BIG.format(limit=1000)
 
 
+@pytest.mark.parametrize(("max_size", "code"), [(1000, 552), (0, 250)])
+def test_a_size_of_thousands_of_digits_is_answered(max_size: int, code: int) -> None:
+    """A SIZE as long as a command line may be is just a big number."""
+    settings = Settings(hostname=HOST, max_size=max_size)
+    result = talk(lines("EHLO client.test", "MAIL FROM:<a@example.org> SIZE=" + "9" * 4000, "QUIT"), settings)
+    assert result.codes == [220, 250, code, 221]
+
+
 def test_rcpt_parameters_are_refused() -> None:
     """RCPT TO takes no parameters here: 555, and the recipient is not added."""
     result = talk(lines("EHLO client.test", "MAIL FROM:<a@example.org>",

@@ -3,15 +3,35 @@
 Standard input may be a socket (xinetd, systemd ``Accept=yes``) or a plain
 pipe; either way the connection layer bounds every read and every write by
 ``--timeout``, so a client that stops reading cannot keep the process.
+SIGTERM (xinetd or systemd stopping) closes the session with 421 and kills
+a running delivery command, so no mail is delivered after the process that
+owned it stopped answering.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 from msmtpd.config import Config
-from msmtpd.connection import Connection, Transport, endpoint_of, peer_name
+from msmtpd.connection import Connection, ShutdownRequested, Transport, endpoint_of, peer_name
 from msmtpd.service import prepare
+from msmtpd.signals import RecordedSignals
+
+
+class _Signals:
+    """The session's Watch and the delivery's Interrupt under --inetd."""
+
+    def __init__(self) -> None:
+        self.recorded = RecordedSignals()
+        self.wake_fd = self.recorded.wake_fd
+
+    def check(self, connection: Connection, reading: bool) -> None:
+        if self.recorded.handle() and reading:
+            raise ShutdownRequested()
+
+    def interrupted(self) -> Optional[str]:
+        return "msmtpd received SIGTERM" if self.recorded.handle() else None
 
 
 def run_inetd(config: Config) -> int:
@@ -20,12 +40,13 @@ def run_inetd(config: Config) -> int:
         from msmtpd import privileges
 
         privileges.drop(config.user)
+    signals = _Signals()
     reader = endpoint_of(sys.stdin.fileno())
     writer = endpoint_of(sys.stdout.fileno())
     peer = peer_name(reader)
-    connection = Connection(Transport(reader, writer), config.timeout, peer=peer)
+    connection = Connection(Transport(reader, writer), config.timeout, watch=signals, peer=peer)
     try:
-        ended_well = service.session(connection, peer).run()
+        ended_well = service.session(connection, peer, interrupt=signals).run()
     finally:
         connection.close()
     return 0 if ended_well else 1

@@ -19,7 +19,7 @@ import socketserver
 import time
 from typing import Any, List, Optional
 
-from msmtpd import logs, privileges
+from msmtpd import privileges
 from msmtpd.connection import (
     OVERLOAD_IDLE_SECONDS,
     Connection,
@@ -30,6 +30,7 @@ from msmtpd.connection import (
 )
 from msmtpd.service import Service
 from msmtpd.session import Session
+from msmtpd.signals import RecordedSignals
 
 # Exit status of a worker that could not start; the master halts on it.
 EXIT_BOOT_ERROR = 3
@@ -126,9 +127,8 @@ class Worker:
         self.scoreboard = scoreboard
         self.slot = slot
         self.stopping = False
-        self.stop_requested = False
+        self.signals: RecordedSignals  # made in _boot, in the worker process
         self.stop_deadline = float("inf")  # when running sessions and commands must end
-        self.reopen_log = False
         self.wake_fd = -1
         self.session: Optional[Session] = None
 
@@ -147,42 +147,21 @@ class Worker:
         os._exit(0)
 
     def _boot(self) -> None:
-        wake_r, wake_w = os.pipe()
-        for fd in (wake_r, wake_w):
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
-        self.wake_fd = wake_r
-        signal.set_wakeup_fd(wake_w)
+        self.signals = RecordedSignals()  # SIGTERM and SIGHUP
+        self.wake_fd = self.signals.wake_fd
         # The master's dispositions must not leak in; SIGCHLD above all, or
         # the delivery command's exit status would be lost.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         if self.user is not None:
             privileges.drop(self.user)
         _title("worker idle")
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        # Only record; the loop does the work.
-        if signum == signal.SIGTERM:
-            self.stop_requested = True
-        elif signum == signal.SIGHUP:
-            self.reopen_log = True
-
     def handle_signals(self) -> None:
         """Act on what the signal handlers recorded, and on the master's death."""
-        try:
-            while os.read(self.wake_fd, 512):
-                pass
-        except BlockingIOError:
-            pass
-        if self.reopen_log:
-            self.reopen_log = False
-            logs.reopen()
-        if self.stop_requested or os.getppid() != self.master_pid:
+        if self.signals.handle() or os.getppid() != self.master_pid:
             self.stop()
 
     def stop(self) -> None:

@@ -497,3 +497,36 @@ def test_start_up_cost_of_an_inetd_session() -> None:
     session, python = statistics.median(sessions), statistics.median(bare)
     print(f"\nmedian of 10: one-mail --inetd session {session * 1000:.1f} ms, "
           f"python -c pass {python * 1000:.1f} ms, ratio {session / python:.2f}")
+
+
+def test_sigterm_during_delivery_kills_the_command_and_answers_451(tmp_path: Path) -> None:
+    """xinetd or systemd stopping sends SIGTERM: the running command is
+    killed (nothing is delivered behind the client's back), the client gets
+    451 and then 421, and the process exits 1."""
+    late = tmp_path / "late.eml"
+    marker = f"msmtpd-sigterm-{os.getpid()}"
+    command = f"sleep 3; cat > {late}; : {marker}"
+    process = subprocess.Popen([helpers.program("msmtpd"), "--inetd", "--timeout=10", f"--command={command}"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def running() -> bool:  # the delivery command, not msmtpd, whose arguments hold the marker too
+        return subprocess.run(["pgrep", "-f", f"^/bin/sh -c sleep 3.*{marker}"],
+                              capture_output=True).returncode == 0
+
+    try:
+        assert process.stdin is not None
+        process.stdin.write(lines("EHLO client.test") + transaction())
+        process.stdin.flush()
+        assert helpers.wait_until(running)
+        process.terminate()
+        out, _ = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1
+    assert reply_codes(out)[-2:] == [451, 421]
+    assert b"delivery interrupted" in out
+    time.sleep(3.5)
+    assert not late.exists()
+    assert not running()

@@ -78,6 +78,13 @@ Options:
                          (default: stay the starting user)
   --shell-safe-addresses refuse addresses with characters a shell would
                          interpret (for commands such as 'ssh relay sendmail')
+  --tls-cert=FILE        offer STARTTLS with this certificate (PEM; may hold
+                         the key too); AUTH from a peer that is not loopback
+                         then needs TLS (default none)
+  --tls-key=FILE         its private key (default: in the certificate file)
+  --tls-implicit         TLS from the first byte (SMTPS, as on port 465)
+  --tls-required         nothing but EHLO, HELO, STARTTLS, NOOP, RSET, HELP
+                         and QUIT before STARTTLS
 Exit status: 0 success, 1 an --inetd session that did not end with QUIT,
 3 usage or start-up error.
 """
@@ -87,10 +94,11 @@ class UsageError(Exception):
     pass
 
 
-FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses")
+FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
+         "--tls-implicit", "--tls-required")
 VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
-                 "--spool-dir")
+                 "--spool-dir", "--tls-cert", "--tls-key")
 OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
@@ -155,6 +163,14 @@ def parse_args(argv: Sequence[str]) -> Config:
             config.daemon = True
         elif option == "--shell-safe-addresses":
             config.shell_safe_addresses = True
+        elif option == "--tls-implicit":
+            config.tls_implicit = True
+        elif option == "--tls-required":
+            config.tls_required = True
+        elif option == "--tls-cert":
+            config.tls_cert = value
+        elif option == "--tls-key":
+            config.tls_key = value
         elif option == "--interface":
             interfaces.append(parse_interface(value))
         elif option == "--port":
@@ -183,6 +199,12 @@ def parse_args(argv: Sequence[str]) -> Config:
         config.interfaces = interfaces
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
+    if config.tls_cert is None:
+        for option, given in (("--tls-key", config.tls_key is not None),
+                              ("--tls-implicit", config.tls_implicit),
+                              ("--tls-required", config.tls_required)):
+            if given:
+                raise UsageError(f"{option} needs --tls-cert")
     return config
 
 
@@ -198,10 +220,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ConfigError) as exc:
         return fail(str(exc))
     try:
+        tls_context = None
+        if config.tls_cert is not None:  # read before binding, detaching or dropping privileges
+            from msmtpd.tls import load_context
+
+            tls_context = load_context(config.tls_cert, config.tls_key)
         if config.inetd:
             from msmtpd.inetd import run_inetd
 
-            return run_inetd(config)
+            return run_inetd(config, tls_context)
         from msmtpd.listen import bind_all
 
         # Listening first: a client that connects while the rest loads
@@ -209,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sockets = bind_all(config.interfaces, config.port)
         from msmtpd.master import run_master
 
-        return run_master(config, sockets)
+        return run_master(config, sockets, tls_context)
     except ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

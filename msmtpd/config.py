@@ -53,6 +53,10 @@ class Config:
         self.user = user
         self.spool_dir: Optional[str] = None
         self.shell_safe_addresses = False
+        self.tls_cert: Optional[str] = None
+        self.tls_key: Optional[str] = None
+        self.tls_implicit = False
+        self.tls_required = False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)

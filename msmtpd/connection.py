@@ -1,8 +1,9 @@
 """The connection layer: everything between a file descriptor and the session.
 
 It owns buffering, the per-request deadlines of contract 6, the overload
-and stop checks of the worker (through a :class:`Watch`), and the peer
-address.  No other module calls ``recv`` or ``send``.
+and stop checks of the worker (through a :class:`Watch`), TLS (STARTTLS and
+implicit, the handshake bound by the same deadlines) and the peer address.
+No other module calls ``recv``, ``send`` or ``wrap_socket``.
 
 Deadlines bound whole requests, not single reads (Postfix's
 ``smtpd_per_request_deadline``): a command line must be complete within
@@ -19,7 +20,7 @@ import select
 import socket
 import stat
 import time
-from typing import IO, Callable, Optional, Protocol, Union
+from typing import IO, Any, Callable, Optional, Protocol, Union
 
 from msmtpd.stream import CHUNK_SIZE, LineReader
 
@@ -62,6 +63,15 @@ class DataTooSlow(TimeoutError):
 class ClientNotReading(ConnectionError):
     """A reply could not be written within the timeout; no reply can reach
     such a client, so the connection is only closed."""
+
+
+class TLSFailed(ConnectionError):
+    """The TLS handshake failed or timed out; ``str()`` says why.  No reply
+    can be sent: the connection is only closed."""
+
+
+class TLSUnavailable(Exception):
+    """STARTTLS on something that is not a socket (``--inetd`` on a pipe)."""
 
 
 class Watch(Protocol):
@@ -118,9 +128,100 @@ class Transport:
         return endpoint if isinstance(endpoint, int) else endpoint.fileno()
 
     def close(self) -> None:
+        """FIN after the last reply, then close (the socket ends only)."""
         for end in {id(self.reader): self.reader, id(self.writer): self.writer}.values():
             if isinstance(end, socket.socket):
-                end.close()
+                _shut(end)
+
+    def start_tls(self, context: Any) -> Transport:
+        """The TLS transport over this one's socket (not yet shaken hands)."""
+        if not isinstance(self.reader, socket.socket):
+            raise TLSUnavailable()
+        if self.writer is not self.reader and isinstance(self.writer, socket.socket):
+            self.writer.close()  # --inetd's second descriptor of the same socket
+        self.reader.setblocking(False)
+        return TLSTransport(context.wrap_socket(self.reader, server_side=True,
+                                                do_handshake_on_connect=False))
+
+    @property
+    def tls(self) -> Optional[str]:
+        return None
+
+    @property
+    def can_start_tls(self) -> bool:
+        return isinstance(self.reader, socket.socket)
+
+
+class TLSTransport(Transport):
+    """Reads and writes through an ``ssl.SSLSocket`` that never blocks;
+    OpenSSL's want-read and want-write become waits of the connection."""
+
+    def __init__(self, tls: Any) -> None:
+        super().__init__(tls, tls)
+        self.socket = tls
+
+    def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
+        if not writing and self.socket.pending():
+            return True  # a record already decrypted: poll would not see it
+        return super().wait(writing, seconds, wake_fd)
+
+    def recv(self, size: int) -> bytes:
+        import ssl
+
+        try:
+            data: bytes = self.socket.recv(size)
+            return data
+        except ssl.SSLWantReadError:
+            raise BlockingIOError() from None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""  # the client closed TLS: end of input
+
+    def send(self, data: memoryview) -> int:
+        import ssl
+
+        try:
+            sent: int = self.socket.send(data)
+            return sent
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            raise BlockingIOError() from None
+
+    def handshake(self) -> Optional[bool]:
+        """One step: None when done, else whether it must wait to write."""
+        import ssl
+
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLWantWriteError:
+            return True
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
+            raise TLSFailed(str(reason).lower().replace("_", " ")) from None
+        return None
+
+    def start_tls(self, context: Any) -> Transport:
+        raise TLSUnavailable()
+
+    can_start_tls = False
+
+    @property
+    def tls(self) -> Optional[str]:
+        from msmtpd.tls import describe_session
+
+        cipher = self.socket.cipher()
+        return describe_session(self.socket.version(), cipher[0] if cipher else None)
+
+    def close(self) -> None:
+        _shut(self.socket)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the client is gone already
+    sock.close()
 
 
 class MemoryTransport(Transport):
@@ -134,6 +235,11 @@ class MemoryTransport(Transport):
 
     def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
         return True
+
+    def start_tls(self, context: Any) -> Transport:
+        raise TLSUnavailable()
+
+    can_start_tls = False
 
     def recv(self, size: int) -> bytes:
         return self._recv_function(size)
@@ -210,6 +316,41 @@ class Connection(LineReader):
 
     def close(self) -> None:
         self.transport.close()
+
+    @property
+    def tls(self) -> Optional[str]:
+        """``TLSv1.3 with TLS_AES_256_GCM_SHA384`` once TLS is up, else None."""
+        return self.transport.tls
+
+    @property
+    def can_start_tls(self) -> bool:
+        """A socket in plain text (not a pipe, not TLS already)."""
+        return self.transport.can_start_tls
+
+    def start_tls(self, context: Any) -> str:
+        """Turn this connection into TLS: pending replies go out, whatever
+        the client sent after the STARTTLS line is thrown away unread (the
+        command injection of CVE-2011-0411), then the handshake, bounded by
+        the timeout.  Raises TLSUnavailable before anything changed, or
+        TLSFailed."""
+        self.flush()
+        transport = self.transport.start_tls(context)
+        assert isinstance(transport, TLSTransport)
+        self.discard_buffered()
+        self.transport = transport
+        deadline = self._deadline(self._clock())
+        while True:
+            writing = transport.handshake()
+            if writing is None:
+                break
+            try:
+                self._wait(writing=writing, deadline=deadline, expired=TLSFailed)
+            except TLSFailed:
+                raise TLSFailed(f"no handshake within {self.timeout:g} s") from None
+            except (ShutdownRequested, Overloaded) as exc:  # no plaintext 421 can follow
+                raise TLSFailed(f"handshake cut short: {type(exc).__name__}") from None
+        self._replied_at = self._clock()
+        return self.tls or ""
 
     # -- reading, with the deadlines ----------------------------------
 

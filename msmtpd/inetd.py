@@ -11,7 +11,7 @@ owned it stopped answering.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from msmtpd.config import Config
 from msmtpd.connection import Connection, ShutdownRequested, Transport, endpoint_of, peer_name
@@ -34,8 +34,8 @@ class _Signals:
         return "msmtpd received SIGTERM" if self.recorded.handle() else None
 
 
-def run_inetd(config: Config) -> int:
-    service = prepare(config)
+def run_inetd(config: Config, tls_context: Any = None) -> int:
+    service = prepare(config, tls_context=tls_context)
     if config.user is not None:
         from msmtpd import privileges
 

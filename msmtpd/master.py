@@ -46,7 +46,7 @@ KILL_WAIT = 5.0
 # commands (and log it) before they are killed.
 STOP_MARGIN = 2.0
 
-WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
                 signal.SIGCHLD: "chld"}
 
@@ -82,6 +82,7 @@ class Master:
             os.set_blocking(fd, False)
         self.status_buffer = b""
         self.booted: set[int] = set()
+        self.renewing: set[int] = set()  # workers told to leave after their session
 
     # -- life cycle -------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Master:
         for signum in SIGNAL_NAMES:
             signal.signal(signum, self._queue_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # meant for workers: it renews them
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         # Only record the signal; the main loop does the work.
@@ -163,6 +165,27 @@ class Master:
         _hand_log_to_user(self.config)
         for pid in list(self.workers):
             _kill(pid, signal.SIGHUP)
+        if self.config.tls_cert is not None:
+            self._reload_tls()
+
+    def _reload_tls(self) -> None:
+        """Read the certificate and key again (a renewed certificate): the
+        master, still root under --user, reads them; new workers get the new
+        context, and each old one leaves when its session is over.  A pair
+        that fails to load is logged and the old one stays."""
+        from msmtpd.config import ConfigError
+        from msmtpd.tls import load_context
+
+        assert self.config.tls_cert is not None
+        try:
+            self.service.settings.tls = load_context(self.config.tls_cert, self.config.tls_key)
+        except ConfigError as exc:
+            log.error("keeping the old TLS certificate: %s", exc)
+            return
+        log.info("TLS certificate reloaded from %s; renewing the workers", self.config.tls_cert)
+        for pid in list(self.workers):
+            self.renewing.add(pid)
+            _kill(pid, signal.SIGUSR2)
 
     def handle_term(self) -> None:
         log.info("stopping: letting running sessions finish")
@@ -192,6 +215,10 @@ class Master:
             if self.stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            if code == 0 and pid in self.renewing:
+                self.renewing.discard(pid)
+                continue  # replaced by one with the new certificate
+            self.renewing.discard(pid)
             if code == EXIT_BOOT_ERROR:
                 self._read_status()
                 raise Halt(f"worker {pid} could not start")
@@ -375,18 +402,18 @@ def _hand_log_to_user(config: Config) -> None:
         privileges.hand_over(config.log, config.user)
 
 
-def run_master(config: Config, sockets: List[socket.socket]) -> int:
+def run_master(config: Config, sockets: List[socket.socket], tls_context: Any = None) -> int:
     """Check, lock the pid file, then serve on the bound ``sockets`` (in the
     background with --daemon).  Every start-up error still reaches the
     terminal: nothing has detached yet."""
     try:
-        return _start(config, sockets)
+        return _start(config, sockets, tls_context)
     finally:
         for sock in sockets:
             sock.close()
 
 
-def _start(config: Config, sockets: List[socket.socket]) -> int:
+def _start(config: Config, sockets: List[socket.socket], tls_context: Any) -> int:
     if config.user is not None:
         privileges.resolve(config.user)
     shared: Any = None
@@ -394,7 +421,7 @@ def _start(config: Config, sockets: List[socket.socket]) -> int:
         import multiprocessing
 
         shared = multiprocessing.get_context("fork").Value("d", 0.0)
-    service = prepare(config, shared)
+    service = prepare(config, shared, tls_context)
     pidfile = None
     if config.pidfile is not None:
         pidfile = PidFile(config.pidfile)

@@ -30,7 +30,7 @@ class Service:
         return Session(connection, self.settings, deliver, peer)
 
 
-def prepare(config: Config, shared_failure_time: Any = None) -> Service:
+def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = None) -> Service:
     """Check everything that can fail at start-up; raises ConfigError."""
     try:
         command = PipeCommand(config.command)
@@ -43,7 +43,8 @@ def prepare(config: Config, shared_failure_time: Any = None) -> Service:
     logs.install(handler)
     settings = Settings(hostname=socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir,
-                        shell_safe=config.shell_safe_addresses)
+                        shell_safe=config.shell_safe_addresses, tls=tls_context,
+                        tls_implicit=config.tls_implicit, tls_required=config.tls_required)
     if config.auth_user is not None:
         from msmtpd.auth import FailureClock, PasswordCheck, obtain_password
 

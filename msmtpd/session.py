@@ -15,12 +15,20 @@ import binascii
 import logging
 import re
 import time
-from typing import Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from msmtpd import replies
 from msmtpd.address import AddressError, parse_path, shell_unsafe_character, split_path
 from msmtpd.config import is_number
-from msmtpd.connection import ClientNotReading, Connection, DataTooSlow, Overloaded, ShutdownRequested
+from msmtpd.connection import (
+    ClientNotReading,
+    Connection,
+    DataTooSlow,
+    Overloaded,
+    ShutdownRequested,
+    TLSFailed,
+    TLSUnavailable,
+)
 from msmtpd.message import Spool, receive_data
 from msmtpd.replies import Reply
 
@@ -44,6 +52,8 @@ MAX_AUTH_FAILURES = 3
 MAX_HELO_IN_HEADER = 255
 
 BODY_TYPES = ("7BIT", "8BITMIME")
+# RFC 3207 section 4: what a client may do before STARTTLS with --tls-required.
+BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT"})
 # Control characters other than TAB have no place in a command line.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -68,12 +78,16 @@ class Settings:
 
     def __init__(self, hostname: str = "localhost", max_size: int = 0,
                  spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
-                 shell_safe: bool = False) -> None:
+                 shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
+                 tls_required: bool = False) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
         self.auth = auth
         self.shell_safe = shell_safe  # --shell-safe-addresses
+        self.tls = tls  # the ssl.SSLContext of --tls-cert, or None
+        self.tls_implicit = tls_implicit
+        self.tls_required = tls_required
 
 
 class Envelope:
@@ -116,6 +130,7 @@ class Session:
         self.errors = 0
         self._crlf = True  # the last command line ended in CRLF
         self.auth_failures = 0
+        self.tls: Optional[str] = None  # "TLSv1.3 with ..." once TLS is up
 
     @property
     def idle(self) -> bool:
@@ -130,6 +145,8 @@ class Session:
         host = self.settings.hostname
         log.info("session from %s", self.peer or "unknown peer")
         try:
+            if self.settings.tls is not None and self.settings.tls_implicit:
+                self._start_tls()  # RFC 8314: TLS from the first byte
             self.reply(replies.GREETING.format(host=host))
             while True:
                 line = self.connection.readline(MAX_COMMAND_LINE + 1)
@@ -163,6 +180,12 @@ class Session:
             self.reply(replies.OVERLOADED.format(host=host), final=True)
             return False
         except Closed:
+            return False
+        except TLSFailed as exc:
+            log.info("%s: TLS handshake failed: %s", self.peer or "client", exc)
+            return False
+        except TLSUnavailable:
+            log.error("%s: --tls-implicit needs a socket, not a pipe", self.peer or "client")
             return False
         except ClientNotReading:
             log.info("%s: client does not read its replies; dropped", self.peer or "client")
@@ -221,6 +244,8 @@ class Session:
         handler = self._verbs.get(verb.upper()) if verb.isascii() else None
         if handler is None:
             return replies.UNRECOGNISED
+        if self.settings.tls_required and self.tls is None and verb.upper() not in BEFORE_TLS:
+            return replies.TLS_REQUIRED
         return handler(self, argument.strip())
 
     # -- greeting and housekeeping --------------------------------------
@@ -238,7 +263,9 @@ class Session:
             f"SIZE {size}" if size else "SIZE",
             "ENHANCEDSTATUSCODES",
         ]
-        if self.settings.auth is not None:
+        if self.settings.tls is not None and self.tls is None and self.connection.can_start_tls:
+            lines.append("STARTTLS")
+        if self.settings.auth is not None and not self._auth_needs_tls():
             lines.append("AUTH PLAIN LOGIN")
         lines.append("HELP")
         return Reply(250, "\n".join(lines))
@@ -264,8 +291,9 @@ class Session:
         return replies.OK
 
     def smtp_HELP(self, argument: str) -> Reply:
-        auth = " AUTH" if self.settings.auth is not None else ""
-        return replies.HELP.format(auth=auth)
+        extra = " STARTTLS" if self.settings.tls is not None else ""
+        extra += " AUTH" if self.settings.auth is not None else ""
+        return replies.HELP.format(auth=extra)
 
     def smtp_VRFY(self, argument: str) -> Reply:
         if self._needs_auth():
@@ -285,8 +313,37 @@ class Session:
     def _not_implemented(self, argument: str) -> Reply:
         return replies.NOT_IMPLEMENTED
 
-    smtp_TURN = smtp_ETRN = smtp_ATRN = smtp_BDAT = smtp_STARTTLS = _not_implemented
+    smtp_TURN = smtp_ETRN = smtp_ATRN = smtp_BDAT = _not_implemented
     smtp_SEND = smtp_SOML = smtp_SAML = _not_implemented
+
+    # -- TLS (RFC 3207, RFC 8314) ---------------------------------------
+
+    def smtp_STARTTLS(self, argument: str) -> Optional[Reply]:
+        if self.settings.tls is None:
+            return replies.NOT_IMPLEMENTED
+        if argument:
+            return replies.SYNTAX.format(usage="STARTTLS")
+        if self.tls is not None:
+            return replies.TLS_ALREADY_ACTIVE
+        if not self.connection.can_start_tls:
+            return replies.TLS_UNAVAILABLE
+        self.reply(replies.READY_FOR_TLS, final=True)
+        self._start_tls()
+        # RFC 3207 section 4.2: forget everything learnt in plain text.
+        self.helo = None
+        self.esmtp = False
+        self.envelope = None
+        self.authenticated_user = None
+        return None
+
+    def _start_tls(self) -> None:
+        self.tls = self.connection.start_tls(self.settings.tls)
+        log.info("%s: TLS started: %s", self.peer or "client", self.tls)
+
+    def _auth_needs_tls(self) -> bool:
+        """With a certificate, a peer that is not on this machine may send
+        its password only under TLS (like aiosmtpd's auth_require_tls)."""
+        return self.settings.tls is not None and self.tls is None and not is_local(self.peer)
 
     # -- authentication (RFC 4954) --------------------------------------
 
@@ -294,6 +351,8 @@ class Session:
         auth = self.settings.auth
         if auth is None:
             return replies.NOT_IMPLEMENTED
+        if self._auth_needs_tls():
+            return replies.ENCRYPTION_REQUIRED
         if self.helo is None or not self.esmtp:
             return replies.NEED_HELO
         if self.authenticated_user is not None:
@@ -508,16 +567,34 @@ class Session:
         """RFC 5321 section 4.4 trace header; the client's HELO name is
         sanitised so it cannot inject header lines."""
         helo = sanitise_helo(self.helo or "")
+        # RFC 3848 and RFC 6531: ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPSA ...
         protocol = "UTF8SMTP" if envelope.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        if self.tls is not None and protocol != "SMTP":
+            protocol += "S"
         if self.authenticated_user is not None:
             protocol += "A"
+        tls = f" ({self.tls})" if self.tls is not None else ""
         date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
         peer = f"[{self.peer}]" if self.peer else "[local]"
         return (
             f"Received: from {helo} ({peer})\n"
-            f"\tby {self.settings.hostname} (msmtpd) with {protocol};\n"
+            f"\tby {self.settings.hostname} (msmtpd) with {protocol}{tls};\n"
             f"\t{date}\n"
         ).encode()
+
+
+def is_local(peer: str) -> bool:
+    """A loopback address, or no network at all (a pipe)."""
+    if not peer:
+        return True
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def sanitise_helo(name: str) -> str:

@@ -12,7 +12,10 @@ from msmtpd import logs
 
 
 class RecordedSignals:
-    def __init__(self) -> None:
+    """SIGTERM: stop; SIGHUP: reopen the log; SIGUSR2 (a worker only, sent
+    by its master after a reload): finish the current session, then leave."""
+
+    def __init__(self, retire: bool = False) -> None:
         self.wake_fd, wake_w = os.pipe()
         for fd in (self.wake_fd, wake_w):
             os.set_blocking(fd, False)
@@ -20,8 +23,11 @@ class RecordedSignals:
         signal.set_wakeup_fd(wake_w)
         self.stop_requested = False
         self.reopen_log = False
+        self.retire_requested = False
         signal.signal(signal.SIGTERM, self._record)
         signal.signal(signal.SIGHUP, self._record)
+        if retire:
+            signal.signal(signal.SIGUSR2, self._record)
 
     def _record(self, signum: int, frame: object) -> None:
         # Only record; handle() does the work.
@@ -29,6 +35,8 @@ class RecordedSignals:
             self.stop_requested = True
         elif signum == signal.SIGHUP:
             self.reopen_log = True
+        elif signum == signal.SIGUSR2:
+            self.retire_requested = True
 
     def handle(self) -> bool:
         """Empty the wake-up pipe, reopen the log after a SIGHUP; True once

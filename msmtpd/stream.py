@@ -72,6 +72,10 @@ class LineReader:
             self._fill()
         return self._take(len(self._buffer))
 
+    def discard_buffered(self) -> None:
+        """Forget what was read but not yet taken (before STARTTLS)."""
+        self._buffer = b""
+
     def unread(self, data: bytes) -> None:
         self._buffer = data + self._buffer
 

@@ -147,14 +147,15 @@ class Worker:
         os._exit(0)
 
     def _boot(self) -> None:
-        self.signals = RecordedSignals()  # SIGTERM and SIGHUP
+        self.signals = RecordedSignals(retire=True)  # SIGTERM, SIGHUP, SIGUSR2
         self.wake_fd = self.signals.wake_fd
         # The master's dispositions must not leak in; SIGCHLD above all, or
         # the delivery command's exit status would be lost.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                    signal.SIGUSR2})
         if self.user is not None:
             privileges.drop(self.user)
         _title("worker idle")
@@ -163,6 +164,8 @@ class Worker:
         """Act on what the signal handlers recorded, and on the master's death."""
         if self.signals.handle() or os.getppid() != self.master_pid:
             self.stop()
+        elif self.signals.retire_requested and self.session is None:
+            self.stop()  # idle: leave now; a running session first ends as usual
 
     def stop(self) -> None:
         """Stop accepting at once; a running session ends after its
@@ -184,11 +187,16 @@ class Worker:
             wire = Connection(Transport(connection, connection), self.service.config.timeout,
                               watch=self, peer=peer)
             self.session = self.service.session(wire, peer, interrupt=self)
-            self.session.run()
+            try:
+                self.session.run()
+            finally:
+                wire.close()
         finally:
             self.session = None
             self._mark(IDLE)
             _title("worker idle")
+            if self.signals.retire_requested:
+                self.stop()
 
     def check(self, connection: Connection, reading: bool) -> None:
         """The connection's Watch: called on every wake-up and tick."""

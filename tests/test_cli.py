@@ -30,6 +30,7 @@ VALUE_OPTIONS = [
     ("--max-sessions", "4", "max_sessions", 4),
     ("--pidfile", "/run/msmtpd.pid", "pidfile", "/run/msmtpd.pid"),
     ("--user", "mail:mail", "user", "mail:mail"),
+    ("--tls-cert", "/etc/ssl/msmtpd.pem", "tls_cert", "/etc/ssl/msmtpd.pem"),
 ]
 
 
@@ -151,6 +152,8 @@ def test_empty_values_are_refused(argv: List[str]) -> None:
         ["--timeout=1e10"], ["--command-timeout=1e10"], ["--timeout=31536001"], ["--max-sessions=100000000"],
         ["--max-size=" + "9" * 400], ["--port=99999999999999999999"], ["--timeout=1e400"],
         ["--shell-safe-addresses=yes"], ["--"], ["--port", "25", "--"],
+        ["--tls-key=k.pem"], ["--tls-implicit"], ["--tls-required"], ["--tls"],
+        ["--tls-cert=/nonexistent.pem"],
     ],
 )
 def test_usage_errors_in_process(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,6 +163,18 @@ def test_usage_errors_in_process(argv: List[str], capsys: pytest.CaptureFixture[
     assert out == ""
     assert err.startswith("msmtpd: ")
     assert err.endswith("\n") and err.count("\n") == 1
+
+
+def test_tls_flags_with_a_certificate() -> None:
+    config = parse_args(["--tls-cert=c.pem", "--tls-implicit", "--tls-req", "--tls-k", "k.pem"])
+    assert (config.tls_cert, config.tls_key, config.tls_implicit, config.tls_required) == \
+        ("c.pem", "k.pem", True, True)
+
+
+@pytest.mark.parametrize("option", ["--tls-key=k.pem", "--tls-implicit", "--tls-required"])
+def test_tls_options_need_a_certificate(option: str) -> None:
+    with pytest.raises(UsageError, match=f"{option.split('=')[0]} needs --tls-cert"):
+        parse_args([option])
 
 
 def test_the_largest_values_are_accepted() -> None:
@@ -228,7 +243,8 @@ def test_usage_errors_say_what_is_wrong(argv: List[str], words: List[str],
 
 OPTIONS = ["--version", "--help", "--inetd", "--interface", "--port", "--log", "--command", "--auth",
            "--timeout", "--command-timeout", "--max-size", "--max-sessions", "--daemon", "--pidfile",
-           "--user", "--spool-dir", "--shell-safe-addresses"]
+           "--user", "--spool-dir", "--shell-safe-addresses", "--tls-cert", "--tls-key", "--tls-implicit",
+           "--tls-required"]
 
 
 def test_help_lists_every_option_and_its_default() -> None:

@@ -96,12 +96,12 @@ def scripted(*chunks: bytes, end: Optional[BaseException] = None) -> Recv:
 
 
 def talk(script: bytes | Recv, settings: Optional[Settings] = None,
-         deliver: Optional[FakeDeliver] = None) -> Result:
+         deliver: Optional[FakeDeliver] = None, peer: str = "192.0.2.7") -> Result:
     """Run a whole session on ``script`` (bytes or a recv function)."""
     recv = io.BytesIO(script).read1 if isinstance(script, bytes) else script
     writer = io.BytesIO()
     deliver = deliver if deliver is not None else FakeDeliver()
-    session = Session(in_memory(recv, writer), settings or Settings(hostname=HOST), deliver, "192.0.2.7")
+    session = Session(in_memory(recv, writer), settings or Settings(hostname=HOST), deliver, peer)
     ended_with_quit = session.run()
     raw = writer.getvalue()
     return Result(parse_replies(raw), ended_with_quit, deliver.mails, raw)
@@ -1041,3 +1041,69 @@ def test_only_the_greeting_verbs_work_before_auth(sleeps: List[float]) -> None:
     NOOP, RSET and HELP still work (contract 8)."""
     result = auth_talk("VRFY someone", "EXPN list", "NOOP", "RSET", "HELP", "QUIT")
     assert result.codes[2:] == [530, 530, 250, 250, 214, 221]
+
+
+# -- TLS policy (the handshake itself is tested with real clients in test_tls.py) --
+
+TLS_CONTEXT = object()  # stands for the ssl.SSLContext: these sessions never shake hands
+
+
+def tls_settings(**options: object) -> Settings:
+    settings = Settings(hostname=HOST, tls=TLS_CONTEXT, **options)  # type: ignore[arg-type]
+    return settings
+
+
+def test_starttls_without_a_certificate_is_not_implemented() -> None:
+    result = talk(lines("EHLO client.test", "STARTTLS", "QUIT"))
+    assert "STARTTLS" not in result.replies[1].text
+    assert result.replies[2] == replies.NOT_IMPLEMENTED
+
+
+def test_starttls_with_an_argument_is_a_syntax_error() -> None:
+    result = talk(lines("EHLO client.test", "STARTTLS now", "QUIT"), tls_settings())
+    assert result.replies[2].code == 501
+
+
+def test_starttls_on_something_that_is_not_a_socket_is_454_and_not_offered() -> None:
+    """--inetd on a pipe: TLS cannot be had, so EHLO does not offer it."""
+    result = talk(lines("EHLO client.test", "STARTTLS", "QUIT"), tls_settings())
+    assert "STARTTLS" not in result.replies[1].text.split("\n")
+    assert result.replies[2] == replies.TLS_UNAVAILABLE
+    assert result.codes[-1] == 221
+
+
+@pytest.mark.parametrize("verb", ["MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>", "DATA",
+                                  "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "VRFY root", "EXPN staff"])
+def test_tls_required_refuses_everything_but_the_greeting_verbs(verb: str) -> None:
+    result = talk(lines("EHLO client.test", verb, "QUIT"), tls_settings(tls_required=True))
+    assert result.replies[2] == replies.TLS_REQUIRED
+    assert result.replies[2].text == "5.7.0 Must issue a STARTTLS command first"
+
+
+@pytest.mark.parametrize("verb", ["NOOP", "RSET", "HELP", "HELO client.test", "EHLO client.test"])
+def test_tls_required_allows_what_rfc_3207_allows(verb: str) -> None:
+    result = talk(lines("EHLO client.test", verb, "QUIT"), tls_settings(tls_required=True))
+    assert result.replies[2].code in (214, 250)
+
+
+def test_auth_from_a_remote_peer_needs_tls_when_a_certificate_is_configured() -> None:
+    settings = auth_settings()
+    settings.tls = TLS_CONTEXT
+    result = talk(lines("EHLO client.test", f"AUTH PLAIN {plain()}", "QUIT"), settings, peer="192.0.2.7")
+    assert "AUTH PLAIN LOGIN" not in result.replies[1].text
+    assert result.replies[2] == replies.ENCRYPTION_REQUIRED
+    assert result.replies[2].text.startswith("5.7.11 Encryption required")
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "::1", "::ffff:127.0.0.1", ""])
+def test_auth_from_this_machine_keeps_working_in_plain_text(peer: str) -> None:
+    settings = auth_settings()
+    settings.tls = TLS_CONTEXT
+    result = talk(lines("EHLO client.test", f"AUTH PLAIN {plain()}", "QUIT"), settings, peer=peer)
+    assert "AUTH PLAIN LOGIN" in result.replies[1].text.split("\n")
+    assert result.replies[2] == replies.AUTH_OK
+
+
+def test_help_lists_starttls_when_configured() -> None:
+    result = talk(lines("HELP", "QUIT"), tls_settings())
+    assert " STARTTLS" in result.replies[1].text

@@ -10,12 +10,10 @@ answered and the session goes on, up to a bound on consecutive errors.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Callable, Dict, Optional
 
 from msmtpd import replies
 from msmtpd.address import AddressError, parse_path, shell_unsafe_character, split_path
@@ -31,6 +29,11 @@ from msmtpd.connection import (
 )
 from msmtpd.message import Spool, receive_data
 from msmtpd.replies import Reply
+from msmtpd.security import MAX_AUTH_FAILURES, SecurityVerbs, is_local
+from msmtpd.session_types import Authenticator, Closed, Deliver, Envelope, Settings
+
+__all__ = ["MAX_AUTH_FAILURES", "Authenticator", "Closed", "Deliver", "Envelope", "Session", "Settings",
+           "is_local", "sanitise_helo"]
 
 log = logging.getLogger("msmtpd")
 
@@ -46,8 +49,6 @@ MAX_RECIPIENTS = 1000
 MAX_RECIPIENT_OVERSHOOT = 1000
 # Like Postfix's smtpd_hard_error_limit: this many errors in a row end the session.
 MAX_CONSECUTIVE_ERRORS = 20
-# A session that fails authentication this often is closed.
-MAX_AUTH_FAILURES = 3
 # A HELO/EHLO name longer than this is cut in the Received: header.
 MAX_HELO_IN_HEADER = 255
 
@@ -58,58 +59,12 @@ BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "HELP", "QUI
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class Deliver(Protocol):
-    def __call__(self, envelope: Envelope, spool: Spool) -> Reply: ...
-
-
-class Authenticator(Protocol):
-    """Checks credentials; ``wait`` applies the brute-force delay before an
-    AUTH answer, ``failed`` records a failure for it."""
-
-    def check(self, user: str, password: str) -> bool: ...
-
-    def wait(self) -> None: ...
-
-    def failed(self) -> None: ...
-
-
-class Settings:
-    """What a session needs to know of the configuration."""
-
-    def __init__(self, hostname: str = "localhost", max_size: int = 0,
-                 spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
-                 shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
-                 tls_required: bool = False) -> None:
-        self.hostname = hostname
-        self.max_size = max_size
-        self.spool_dir = spool_dir
-        self.auth = auth
-        self.shell_safe = shell_safe  # --shell-safe-addresses
-        self.tls = tls  # the ssl.SSLContext of --tls-cert, or None
-        self.tls_implicit = tls_implicit
-        self.tls_required = tls_required
-
-
-class Envelope:
-    """One transaction's sender, recipients and MAIL parameters."""
-
-    def __init__(self, sender: str = "", recipients: Optional[List[str]] = None) -> None:
-        self.sender = sender
-        self.recipients: List[str] = list(recipients or [])
-        self.smtputf8 = False
-        self.body = "7BIT"
-        self.overshoot = 0  # RCPTs refused for being past MAX_RECIPIENTS
-
-
-class Closed(Exception):
-    """The session is over (QUIT, end of input, timeout or error bound)."""
-
-
 Handler = Callable[["Session", str], Optional[Reply]]
 
 
-class Session:
-    """One SMTP conversation; :meth:`run` returns True when it ended with QUIT."""
+class Session(SecurityVerbs):
+    """One SMTP conversation; :meth:`run` returns True when it ended with QUIT.
+    STARTTLS and AUTH come from :class:`SecurityVerbs`."""
 
     _verbs: Dict[str, Handler] = {}
 
@@ -316,127 +271,6 @@ class Session:
     smtp_TURN = smtp_ETRN = smtp_ATRN = smtp_BDAT = _not_implemented
     smtp_SEND = smtp_SOML = smtp_SAML = _not_implemented
 
-    # -- TLS (RFC 3207, RFC 8314) ---------------------------------------
-
-    def smtp_STARTTLS(self, argument: str) -> Optional[Reply]:
-        if self.settings.tls is None:
-            return replies.NOT_IMPLEMENTED
-        if argument:
-            return replies.SYNTAX.format(usage="STARTTLS")
-        if self.tls is not None:
-            return replies.TLS_ALREADY_ACTIVE
-        if not self.connection.can_start_tls:
-            return replies.TLS_UNAVAILABLE
-        self.reply(replies.READY_FOR_TLS, final=True)
-        self._start_tls()
-        # RFC 3207 section 4.2: forget everything learnt in plain text.
-        self.helo = None
-        self.esmtp = False
-        self.envelope = None
-        self.authenticated_user = None
-        return None
-
-    def _start_tls(self) -> None:
-        self.tls = self.connection.start_tls(self.settings.tls)
-        log.info("%s: TLS started: %s", self.peer or "client", self.tls)
-
-    def _auth_needs_tls(self) -> bool:
-        """With a certificate, a peer that is not on this machine may send
-        its password only under TLS (like aiosmtpd's auth_require_tls)."""
-        return self.settings.tls is not None and self.tls is None and not is_local(self.peer)
-
-    # -- authentication (RFC 4954) --------------------------------------
-
-    def smtp_AUTH(self, argument: str) -> Reply:
-        auth = self.settings.auth
-        if auth is None:
-            return replies.NOT_IMPLEMENTED
-        if self._auth_needs_tls():
-            return replies.ENCRYPTION_REQUIRED
-        if self.helo is None or not self.esmtp:
-            return replies.NEED_HELO
-        if self.authenticated_user is not None:
-            return replies.ALREADY_AUTHENTICATED
-        if self.envelope is not None:
-            return replies.NESTED_MAIL
-        mechanism, _, initial = argument.partition(" ")
-        mechanism = mechanism.upper()
-        if mechanism == "PLAIN":
-            credentials = self._auth_plain(initial.strip())
-        elif mechanism == "LOGIN":
-            credentials = self._auth_login(initial.strip())
-        elif not mechanism:
-            return replies.SYNTAX.format(usage="AUTH mechanism [initial-response]")
-        else:
-            return replies.AUTH_MECHANISM
-        if isinstance(credentials, Reply):
-            return credentials
-        user, password = credentials
-        auth.wait()
-        if auth.check(user, password):
-            self.authenticated_user = user
-            log.info("%s: authenticated as %s", self.peer or "client", user)
-            return replies.AUTH_OK
-        auth.failed()
-        self.auth_failures += 1
-        log.info("%s: authentication failed for user %s", self.peer or "client", user)
-        if self.auth_failures >= MAX_AUTH_FAILURES:
-            self.reply(replies.AUTH_FAILED)
-            return replies.TOO_MANY_AUTH_FAILURES.format(host=self.settings.hostname)
-        return replies.AUTH_FAILED
-
-    def _auth_plain(self, initial: str) -> tuple[str, str] | Reply:
-        if not initial:
-            response = self._challenge("")
-            if isinstance(response, Reply):
-                return response
-            initial = response
-        decoded = _b64decode(initial)
-        if decoded is None:
-            return replies.AUTH_BAD_BASE64
-        parts = decoded.split(b"\0")
-        if len(parts) != 3:
-            return replies.AUTH_BAD_BASE64
-        _authzid, user, password = parts
-        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
-
-    def _auth_login(self, initial: str) -> tuple[str, str] | Reply:
-        if initial:
-            user_b64 = initial
-        else:
-            response = self._challenge("VXNlcm5hbWU6")  # "Username:"
-            if isinstance(response, Reply):
-                return response
-            user_b64 = response
-        user = _b64decode(user_b64)
-        if user is None:
-            return replies.AUTH_BAD_BASE64
-        response = self._challenge("UGFzc3dvcmQ6")  # "Password:"
-        if isinstance(response, Reply):
-            return response
-        password = _b64decode(response)
-        if password is None:
-            return replies.AUTH_BAD_BASE64
-        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
-
-    def _challenge(self, challenge: str) -> str | Reply:
-        """Send a 334 and read the client's answer; ``*`` cancels."""
-        self.reply(replies.AUTH_CHALLENGE.format(challenge=challenge), final=True)
-        line = self.connection.readline(MAX_COMMAND_LINE + 1)
-        if not line:
-            raise Closed()
-        if not line.endswith(b"\n"):
-            if not self.connection.skip_line():
-                raise Closed()
-            return replies.LINE_TOO_LONG
-        answer = line.decode("ascii", "replace").strip()
-        if answer == "*":
-            return replies.AUTH_CANCELLED
-        return answer
-
-    def _needs_auth(self) -> bool:
-        return self.settings.auth is not None and self.authenticated_user is None
-
     # -- the transaction ------------------------------------------------
 
     def smtp_MAIL(self, argument: str) -> Reply:
@@ -583,20 +417,6 @@ class Session:
         ).encode()
 
 
-def is_local(peer: str) -> bool:
-    """A loopback address, or no network at all (a pipe)."""
-    if not peer:
-        return True
-    import ipaddress
-
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 def sanitise_helo(name: str) -> str:
     """Printable ASCII only, no comment delimiters, bounded length."""
     cleaned = "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in name)
@@ -624,13 +444,6 @@ def _strip_keyword(argument: str, keyword: str) -> Optional[str]:
     if argument[: len(keyword)].upper() != keyword:
         return None
     return argument[len(keyword) :].strip()
-
-
-def _b64decode(text: str) -> Optional[bytes]:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _verb_table(cls: type) -> Dict[str, Handler]:

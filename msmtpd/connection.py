@@ -140,6 +140,13 @@ class Transport:
         if self.writer is not self.reader and isinstance(self.writer, socket.socket):
             self.writer.close()  # --inetd's second descriptor of the same socket
         self.reader.setblocking(False)
+        try:
+            # OpenSSL writes its session tickets and then our first reply as
+            # separate small records: with Nagle's algorithm the reply waits
+            # for the client's delayed ACK, some 40 ms a session.
+            self.reader.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket under --inetd)
         return TLSTransport(context.wrap_socket(self.reader, server_side=True,
                                                 do_handshake_on_connect=False))
 

@@ -12,10 +12,13 @@ with 100 mails per session; (3) 20 MB mails, 4 sessions at once; (4)
 --inetd sessions, one process each, against `python -c pass`; (5) time
 from start to accepting connections; (6) PSS of the whole process tree,
 idle and under load 1; (7) start to listening, many runs each, against
-`python -c pass` spawned to exit.  No assertion: this is a measurement,
+`python -c pass` spawned to exit; (8) load 1 over STARTTLS against ours
+with a certificate, beside the same load in plain text against the same
+server (the C msmtpd has no TLS).  No assertion: this is a measurement,
 not a test.
 
     python3 scripts/bench.py --only start   # only row 7 (a few seconds)
+    python3 scripts/bench.py --only tls     # only row 8 (some 20 seconds)
 
 Every Python process it starts is sys.executable itself, and ours is the
 console script next to it: `python3` on PATH may be a pyenv shim (a shell
@@ -32,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -48,6 +52,8 @@ FLOOR = "python -c pass"  # the name of the floor's column and samples
 START_RUNS, START_RUNS_QUICK = 17, 3
 START_POLL = 0.0005  # seconds between connect attempts
 START_AIM = 1.5  # ours / floor, for starting to listen
+TLS_HOST = "localhost"  # the benchmark certificate's name, checked by the client
+NO_TLS = "n/a (no TLS)"  # the C column of row 8
 DISCARD_C = r"""
 #include <unistd.h>
 int main(void) { char buf[65536]; while (read(0, buf, sizeof buf) > 0) {} return 0; }
@@ -251,38 +257,74 @@ def _expect(sock: socket.socket, buffer: bytearray) -> bytes:
         buffer += chunk
 
 
-def _session(port: int, mails: int, body: bytes) -> List[float]:
-    """One session sending ``mails`` mails; returns each mail's latency."""
-    latencies = []
-    started = time.perf_counter()
+@functools.cache
+def _client_context(cafile: str) -> ssl.SSLContext:
+    """The client's TLS context, made once per client process: it trusts
+    only the benchmark's certificate and checks the host name, as a real
+    client would."""
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _session(port: int, mails: int, body: bytes, cafile: Optional[str] = None) -> Tuple[List[float], float]:
+    """One session sending ``mails`` mails, after STARTTLS when ``cafile``
+    (the certificate to trust) is given.  Returns each mail's latency (the
+    first counted from the connect) and the whole session's, from the
+    connect to QUIT's reply."""
+    opened = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         buffer = bytearray()
         _expect(sock, buffer)
         sock.sendall(b"EHLO bench\r\n")
         _expect(sock, buffer)
-        for _ in range(mails):
-            for command in (b"MAIL FROM:<bench@example.org>\r\n", b"RCPT TO:<sink@example.org>\r\n",
-                            b"DATA\r\n"):
-                sock.sendall(command)
-                _expect(sock, buffer)
-            sock.sendall(body)
+        if cafile is None:
+            latencies, ended = _mails(sock, buffer, mails, body, opened)
+        else:
+            sock.sendall(b"STARTTLS\r\n")
             reply = _expect(sock, buffer)
-            if not reply.startswith(b"250"):
-                raise RuntimeError(f"mail refused: {reply!r}")
-            now = time.perf_counter()
-            latencies.append(now - started)
-            started = now
-        sock.sendall(b"QUIT\r\n")
-        _expect(sock, buffer)
-    return latencies
+            if not reply.startswith(b"220") or buffer:
+                raise RuntimeError(f"STARTTLS refused: {reply!r}")
+            # a full handshake every session: no session is offered for resumption
+            with _client_context(cafile).wrap_socket(sock, server_hostname=TLS_HOST) as tls:
+                tls.sendall(b"EHLO bench\r\n")
+                _expect(tls, buffer)
+                latencies, ended = _mails(tls, buffer, mails, body, opened)
+    return latencies, ended - opened
 
 
-def _client(args: Tuple[int, int, int, bytes]) -> List[float]:
-    port, sessions, mails, body = args
+def _mails(sock: socket.socket, buffer: bytearray, mails: int, body: bytes,
+           started: float) -> Tuple[List[float], float]:
+    """The mails of one session, then QUIT: each mail's latency, and the
+    clock when QUIT was answered."""
+    latencies = []
+    for _ in range(mails):
+        for command in (b"MAIL FROM:<bench@example.org>\r\n", b"RCPT TO:<sink@example.org>\r\n",
+                        b"DATA\r\n"):
+            sock.sendall(command)
+            _expect(sock, buffer)
+        sock.sendall(body)
+        reply = _expect(sock, buffer)
+        if not reply.startswith(b"250"):
+            raise RuntimeError(f"mail refused: {reply!r}")
+        now = time.perf_counter()
+        latencies.append(now - started)
+        started = now
+    sock.sendall(b"QUIT\r\n")
+    _expect(sock, buffer)
+    return latencies, time.perf_counter()
+
+
+def _client(args: Tuple[int, int, int, bytes, Optional[str]]) -> Tuple[List[float], List[float], float]:
+    """One client process's sessions, one after another: every mail's
+    latency, every session's, and the CPU seconds the client used."""
+    port, sessions, mails, body, cafile = args
     latencies: List[float] = []
+    whole: List[float] = []
+    cpu = time.process_time()
     for _ in range(sessions):
-        latencies.extend(_session(port, mails, body))
-    return latencies
+        mail_times, session_time = _session(port, mails, body, cafile)
+        latencies.extend(mail_times)
+        whole.append(session_time)
+    return latencies, whole, time.process_time() - cpu
 
 
 def message(size: int) -> bytes:
@@ -295,9 +337,9 @@ def run_load(pool: multiprocessing.pool.Pool, port: int, concurrency: int, sessi
              mails: int, body: bytes) -> Dict[str, float]:
     per_client = max(1, sessions // concurrency)
     started = time.perf_counter()
-    results = pool.map(_client, [(port, per_client, mails, body)] * concurrency)
+    results = pool.map(_client, [(port, per_client, mails, body, None)] * concurrency)
     elapsed = time.perf_counter() - started
-    latencies = sorted(x for r in results for x in r)
+    latencies = sorted(x for r, _, _ in results for x in r)
     count = len(latencies)
     return {
         "mails/s": count / elapsed,
@@ -366,11 +408,139 @@ def inetd_rate(argv: Sequence[str], count: int) -> Dict[str, float]:
             "p99 ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000}
 
 
+# -- STARTTLS against plain text (row 8) --------------------------------------------
+
+def make_certificate(directory: Path) -> Optional[Tuple[str, str]]:
+    """A self-signed EC P-256 certificate for TLS_HOST, valid for a day,
+    and its key, made by openssl(1) in ``directory`` (no Python package
+    needed); None when openssl is not installed."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "tls-cert.pem", directory / "tls-key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", f"/CN={TLS_HOST}", "-addext", f"subjectAltName=DNS:{TLS_HOST}"],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return str(cert), str(key)
+
+
+def server_cpu(pid: int) -> Tuple[float, List[int]]:
+    """User plus system CPU seconds used so far by the master ``pid`` and
+    its workers (its children), from /proc/PID/stat, and the pids counted.
+    The delivery commands (the workers' children) are not counted: no row
+    of this benchmark measures them."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    pids = [pid, *sorted(int(child) for child in children)]
+    ticks = 0
+    for current in pids:
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK"), pids
+
+
+def run_sessions(pool: multiprocessing.pool.Pool, target: Target, concurrency: int, sessions: int,
+                 body: bytes, cafile: Optional[str]) -> Dict[str, float]:
+    """Load 1's sessions (one mail each, ``concurrency`` at once), over
+    STARTTLS when ``cafile`` is given: sessions per second, the latency of
+    whole sessions (connect to QUIT's reply), and the CPU time per session
+    of the server and of the benchmark's own clients (on the same cores)."""
+    assert target.process is not None
+    per_client = max(1, sessions // concurrency)
+    cpu_before, pids_before = server_cpu(target.process.pid)
+    started = time.perf_counter()
+    results = pool.map(_client, [(target.port, per_client, 1, body, cafile)] * concurrency)
+    elapsed = time.perf_counter() - started
+    cpu_after, pids_after = server_cpu(target.process.pid)
+    if pids_after != pids_before:
+        print(f"note: the workers changed during a load of row 8 ({len(pids_before)} processes, then "
+              f"{len(pids_after)}): its CPU figure misses the ones that left")
+    times = sorted(x for _, r, _ in results for x in r)
+    count = len(times)
+    return {
+        "sessions/s": count / elapsed,
+        "p50 ms/sess": times[count // 2] * 1000,
+        "p99 ms/sess": times[min(count - 1, int(count * 0.99))] * 1000,
+        "server CPU ms": (cpu_after - cpu_before) / count * 1000,
+        "client CPU ms": sum(cpu for _, _, cpu in results) / count * 1000,
+    }
+
+
+def tls_probe(port: int, cafile: str) -> str:
+    """One untimed STARTTLS session's protocol and cipher, as the client saw them."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        buffer = bytearray()
+        _expect(sock, buffer)
+        sock.sendall(b"EHLO bench\r\nSTARTTLS\r\n")  # an EHLO reply, then STARTTLS's
+        _expect(sock, buffer)
+        reply = _expect(sock, buffer)
+        if not reply.startswith(b"220"):
+            raise RuntimeError(f"STARTTLS refused: {reply!r}")
+        with _client_context(cafile).wrap_socket(sock, server_hostname=TLS_HOST) as tls:
+            cipher = tls.cipher()
+            described = f"{tls.version()} with {cipher[0] if cipher else 'unknown cipher'}"
+            tls.sendall(b"QUIT\r\n")
+            _expect(tls, buffer)
+    return described
+
+
+TlsSamples = Dict[str, List[Dict[str, float]]]
+
+
+def run_tls(pool: multiprocessing.pool.Pool, target: Target, cafile: str, sessions: int, round_number: int,
+            samples: TlsSamples) -> str:
+    """One round of row 8 against one start of ours with a certificate:
+    load 1 in plain text and over STARTTLS, in turn (which goes first
+    alternates with the round).  Returns what TLS the client got."""
+    target.start()
+    try:
+        time.sleep(0.3)
+        described = tls_probe(target.port, cafile)
+        modes: List[Tuple[str, Optional[str]]] = [("plain", None), ("TLS", cafile)]
+        for mode, trusted in modes if round_number % 2 == 0 else modes[::-1]:
+            samples.setdefault(mode, []).append(
+                run_sessions(pool, target, 16, sessions, message(1000), trusted))
+    finally:
+        target.stop()
+    return described
+
+
+def report_tls(samples: TlsSamples, sessions: int, described: str) -> None:
+    """Row 8: medians over the rounds of TLS and plain, their ratio and, in
+    milliseconds, their difference; the rounds' range beside."""
+    rounds = len(samples["TLS"])
+    print(f"\n8: ours with a self-signed EC P-256 certificate (made by openssl); the client trusts it "
+          f"and checks the name; {described}, a full handshake every session")
+    print(f"   {sessions} sessions of one 1 KB mail, 16 at once, each EHLO, STARTTLS, EHLO, MAIL, RCPT, "
+          f"DATA, QUIT (plain: no STARTTLS, same server);")
+    print(f"   medians of {rounds} round(s); latency from connect to QUIT's reply; CPU per session, "
+          "user+system: server = master and workers (not the delivery commands), client = this benchmark's")
+    print(f"{'load':42} {'metric':13} {'ours TLS':>10} {'C':>12} {'ours plain':>10} {'TLS/plain':>9} "
+          f"{'TLS-plain':>9}  rounds' range, TLS; plain")
+    for metric in samples["TLS"][0]:
+        tls = [s[metric] for s in samples["TLS"]]
+        plain = [s[metric] for s in samples["plain"]]
+        mine, base = statistics.median(tls), statistics.median(plain)
+        ratio = f"{mine / base:9.2f}" if base else f"{'-':>9}"
+        difference = f"{mine - base:+9.1f}" if "ms" in metric else f"{'-':>9}"
+        print(f"{'8 STARTTLS, 1 KB, 1/session, 16 at once':42} {metric:13} {mine:10.1f} {NO_TLS:>12} "
+              f"{base:10.1f} {ratio} {difference}  {min(tls):.1f}-{max(tls):.1f}; "
+              f"{min(plain):.1f}-{max(plain):.1f}")
+
+
 # -- the run -----------------------------------------------------------------------
 
 Samples = Dict[Tuple[str, str], List[Dict[str, float]]]
 Load = Callable[[multiprocessing.pool.Pool, Target], Dict[str, float]]
-GROUPS = {"daemon": "rows 1, 2, 3, 5 and 6", "inetd": "row 4", "start": "row 7"}
+GROUPS = {"daemon": "rows 1, 2, 3, 5 and 6", "inetd": "row 4", "start": "row 7",
+          "tls": "row 8, STARTTLS beside plain text (ours only)"}
 
 
 def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -469,8 +639,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             targets.append(Target("C", [options.c_msmtpd, f"--command={command}"]))
             inetd_targets.append(("C", [options.c_msmtpd, "--inetd", f"--command={command}"]))
         inetd_targets.append((FLOOR, [PYTHON, "-c", "pass"]))
+        certificate = None
+        if "tls" in groups:
+            certificate = make_certificate(workdir)
+            if certificate is None:
+                print("note: openssl is not installed (apt-get install openssl); no row 8")
+        tls_target = None
+        if certificate is not None:
+            tls_target = Target("ours", [*targets[0].argv, f"--tls-cert={certificate[0]}",
+                                         f"--tls-key={certificate[1]}"])
+        tls_sessions = int(1600 * (0.02 if options.quick else 1.0))  # as load 1
         samples: Samples = {}
-        if groups & {"daemon", "inetd"}:
+        tls_samples: TlsSamples = {}
+        described = ""
+        if groups & {"daemon", "inetd"} or tls_target is not None:
             loads = daemon_loads(options.quick)
             with multiprocessing.get_context("fork").Pool(16) as pool:
                 for round_number in range(rounds):
@@ -479,10 +661,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             run_daemon(pool, target, loads, samples)
                     if "inetd" in groups:
                         run_inetd(inetd_targets, 5 if options.quick else 40, samples)
+                    if tls_target is not None and certificate is not None:
+                        described = run_tls(pool, tls_target, certificate[0], tls_sessions, round_number,
+                                            tls_samples)
         if samples:
             report(samples, rounds)
         if start_times:
             report_start(start_times)
+        if tls_samples:
+            report_tls(tls_samples, tls_sessions, described)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -198,3 +198,23 @@ def test_during_data_the_session_is_not_awaiting_a_command() -> None:
     assert watch.calls and not any(awaiting for _, awaiting in watch.calls)
     conn.end_data()
     assert conn.awaiting_command
+
+
+def test_tls_turns_nagle_off() -> None:
+    """OpenSSL writes its session tickets and our next reply as separate
+    small records; with Nagle the reply would wait for a delayed ACK."""
+    import socket
+    import ssl
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        try:
+            transport = Transport(server, server).start_tls(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+            tls = transport.reader
+            assert isinstance(tls, ssl.SSLSocket)
+            assert tls.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            transport.close()
+        finally:
+            client.close()
+            server.close()

@@ -210,7 +210,8 @@ def test_tls_turns_nagle_off() -> None:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
         try:
-            transport = Transport(server, server).start_tls(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            transport = Transport(server, server).start_tls(context)
             tls = transport.reader
             assert isinstance(tls, ssl.SSLSocket)
             assert tls.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

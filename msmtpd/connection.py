@@ -220,6 +220,12 @@ class TLSTransport(Transport):
         return describe_session(self.socket.version(), cipher[0] if cipher else None)
 
     def close(self) -> None:
+        """close_notify first (RFC 8446 section 6.1: the client can tell an
+        end from a cut), without waiting for the client's own."""
+        try:
+            self.socket.unwrap()
+        except (OSError, ValueError):
+            pass  # want-read (the alert is out), want-write or a client gone: close anyway
         _shut(self.socket)
 
 

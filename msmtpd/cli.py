@@ -10,7 +10,7 @@ wait is imported.
 from __future__ import annotations
 
 import sys
-from typing import Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from msmtpd import __version__
 from msmtpd.config import (
@@ -148,6 +148,29 @@ def _show(text: str) -> NoReturn:
     raise SystemExit(EXIT_OK)
 
 
+def _text(value: str, option: str) -> str:
+    return value
+
+
+# How each option's value becomes a Config attribute: (attribute, check).
+# --version, --help, --interface (repeatable) and --auth (two attributes)
+# are handled in parse_args.
+SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
+    "--port": ("port", lambda value, option: parse_port(value)),
+    "--log": ("log", _text),
+    "--command": ("command", _text),
+    "--timeout": ("timeout", parse_seconds),
+    "--command-timeout": ("command_timeout", parse_seconds),
+    "--max-size": ("max_size", lambda value, option: parse_count(value, option, 0, MAX_SIZE)),
+    "--max-sessions": ("max_sessions", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
+    "--pidfile": ("pidfile", _text),
+    "--user": ("user", _text),
+    "--spool-dir": ("spool_dir", parse_directory),
+    "--tls-cert": ("tls_cert", _text),
+    "--tls-key": ("tls_key", _text),
+}
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """Turn the arguments into a Config; UsageError or ConfigError say why not."""
     config = Config()
@@ -157,44 +180,15 @@ def parse_args(argv: Sequence[str]) -> Config:
             _show(VERSION_TEXT)
         elif option == "--help":
             _show(HELP_TEXT)
-        elif option == "--inetd":
-            config.inetd = True
-        elif option == "--daemon":
-            config.daemon = True
-        elif option == "--shell-safe-addresses":
-            config.shell_safe_addresses = True
-        elif option == "--tls-implicit":
-            config.tls_implicit = True
-        elif option == "--tls-required":
-            config.tls_required = True
-        elif option == "--tls-cert":
-            config.tls_cert = value
-        elif option == "--tls-key":
-            config.tls_key = value
+        elif option in FLAGS:  # --inetd is config.inetd, --tls-implicit config.tls_implicit ...
+            setattr(config, option[2:].replace("-", "_"), True)
         elif option == "--interface":
             interfaces.append(parse_interface(value))
-        elif option == "--port":
-            config.port = parse_port(value)
-        elif option == "--log":
-            config.log = value
-        elif option == "--command":
-            config.command = value
         elif option == "--auth":
             config.auth_user, config.auth_passwordeval = parse_auth(value)
-        elif option == "--timeout":
-            config.timeout = parse_seconds(value, option)
-        elif option == "--command-timeout":
-            config.command_timeout = parse_seconds(value, option)
-        elif option == "--max-size":
-            config.max_size = parse_count(value, option, 0, MAX_SIZE)
-        elif option == "--max-sessions":
-            config.max_sessions = parse_count(value, option, 1, MAX_SESSIONS)
-        elif option == "--pidfile":
-            config.pidfile = value
-        elif option == "--user":
-            config.user = value
-        elif option == "--spool-dir":
-            config.spool_dir = parse_directory(value, option)
+        else:
+            attribute, check = SETTINGS[option]
+            setattr(config, attribute, check(value, option))
     if interfaces:
         config.interfaces = interfaces
     if config.inetd and (config.daemon or config.pidfile):

@@ -228,18 +228,23 @@ def test_trickled_command_line_gets_421_at_the_deadline(tmp_path: Path, before: 
             assert client.reply().startswith(b"220 ")
             if before:
                 assert client.command(before).startswith(b"250")
-            last_reply = time.monotonic()
-            sent = trickle(client.send, client.readable, trickled, 1.0)
-            answer = client.reply_or_eof(timeout + 4)
-            answered = time.monotonic() - last_reply
-            assert answer == IDLE_421, (
-                f"after {sent} of {len(trickled)} trickled bytes, {answered:.1f} s after the last reply: "
-                f"{answer!r}")
-            assert client.rest_until_eof(timeout + 3) == b""
-            closed = time.monotonic() - last_reply
+            closed = trickle_until_421(client, trickled, timeout)
         finally:
             client.close()
     assert closed < timeout + 3, f"closed {closed:.1f} s after the last reply"
+
+
+def trickle_until_421(client: Client, data: bytes, timeout: float) -> float:
+    """Send ``data`` a byte a second right after a reply; expect the idle
+    421 and the close; return how long after that reply it closed."""
+    last_reply = time.monotonic()
+    sent = trickle(client.send, client.readable, data, 1.0)
+    answer = client.reply_or_eof(timeout + 4)
+    assert answer == IDLE_421, (
+        f"after {sent} of {len(data)} trickled bytes, {time.monotonic() - last_reply:.1f} s after "
+        f"the last reply: {answer!r}")
+    assert client.rest_until_eof(timeout + 3) == b""
+    return time.monotonic() - last_reply
 
 
 def test_trickled_auth_response_gets_421_at_the_deadline() -> None:
@@ -250,15 +255,7 @@ def test_trickled_auth_response_gets_421_at_the_deadline() -> None:
             assert client.reply().startswith(b"220 ")
             assert b"AUTH" in client.command(b"EHLO client.example\r\n")
             assert client.command(b"AUTH LOGIN\r\n") == b"334 VXNlcm5hbWU6\r\n"
-            challenged = time.monotonic()
-            user = base64.b64encode(b"user") + b"\r\n"
-            sent = trickle(client.send, client.readable, user, 1.0)
-            answer = client.reply_or_eof(timeout + 4)
-            assert answer == IDLE_421, (
-                f"after {sent} of {len(user)} trickled bytes, {time.monotonic() - challenged:.1f} s after "
-                f"the 334: {answer!r}")
-            assert client.rest_until_eof(timeout + 3) == b""
-            closed = time.monotonic() - challenged
+            closed = trickle_until_421(client, base64.b64encode(b"user") + b"\r\n", timeout)
         finally:
             client.close()
     assert closed < timeout + 3, f"closed {closed:.1f} s after the 334"

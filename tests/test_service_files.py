@@ -118,6 +118,18 @@ def kill_quietly(pid: int, signum: int) -> None:
         pass
 
 
+def stop_xinetd(server: subprocess.Popen[bytes]) -> None:
+    """Stop xinetd and every msmtpd --inetd it started."""
+    for pid in descendants(server.pid):
+        kill_quietly(pid, signal.SIGKILL)
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 class Reaper:
     """A command run under the child subreaper above."""
 
@@ -514,14 +526,7 @@ def test_xinetd_with_shipped_service(tmp_path: Path) -> None:
         wait_until(lambda: not children(server.pid), "the msmtpd --inetd processes to end")
         assert server.poll() is None
     finally:
-        for pid in descendants(server.pid):
-            kill_quietly(pid, signal.SIGKILL)
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_xinetd(server)
 
 
 # -- (d) logrotate's postrotate action ----------------------------------------

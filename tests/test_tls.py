@@ -36,7 +36,7 @@ import trustme
 from tests import helpers
 from tests.test_clients import received_headers
 from tests.test_inetd import TinyInetd, finish
-from tests.test_service_files import ETC, descendants, kill_quietly
+from tests.test_service_files import ETC, kill_quietly, stop_xinetd
 
 HOST = socket.gethostname()
 WAIT = 15.0  # upper bound for any single wait that is not itself under test
@@ -1417,11 +1417,4 @@ def test_xinetd_delivers_over_tls(certs: Certs, tmp_path: Path, marker: str, mod
         assert helpers.wait_until(lambda: not helpers.children(server.pid), WAIT)
         assert server.poll() is None
     finally:
-        for pid in descendants(server.pid):
-            kill_quietly(pid, signal.SIGKILL)
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_xinetd(server)

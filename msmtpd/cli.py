@@ -85,6 +85,9 @@ Options:
   --tls-implicit         TLS from the first byte (SMTPS, as on port 465)
   --tls-required         nothing but EHLO, HELO, STARTTLS, NOOP, RSET, HELP
                          and QUIT before STARTTLS
+  --idle-exit=SECONDS    with sockets from systemd (LISTEN_FDS) or inetd
+                         (wait = yes): exit after this long without a session
+                         (default: never)
 Exit status: 0 success, 1 an --inetd session that did not end with QUIT,
 3 usage or start-up error.
 """
@@ -98,7 +101,7 @@ FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
          "--tls-implicit", "--tls-required")
 VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
-                 "--spool-dir", "--tls-cert", "--tls-key")
+                 "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit")
 OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
@@ -168,6 +171,7 @@ SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--spool-dir": ("spool_dir", parse_directory),
     "--tls-cert": ("tls_cert", _text),
     "--tls-key": ("tls_key", _text),
+    "--idle-exit": ("idle_exit", parse_seconds),
 }
 
 
@@ -203,9 +207,13 @@ def parse_args(argv: Sequence[str]) -> Config:
 
 
 def fail(message: str) -> int:
-    sys.stderr.write(f"msmtpd: {message}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"msmtpd: {message}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass  # stderr is inetd's listening socket: the exit status must say it
     return EXIT_NOT_RUNNING
+
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -219,19 +227,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from msmtpd.tls import load_context
 
             tls_context = load_context(config.tls_cert, config.tls_key)
-        if config.inetd:
+        from msmtpd import systemd
+
+        systemd.take_notify_socket()
+        sockets = systemd.listen_fds()  # socket activation (Accept=no): serve these with the pool
+        if config.inetd and not sockets and systemd.is_listening_socket(0):
+            sockets = [systemd.take_stdin_listener()]  # inetd's "wait = yes": the same
+        if config.idle_exit is not None and not sockets:
+            raise UsageError("--idle-exit needs listening sockets from systemd (LISTEN_FDS)"
+                             " or inetd (wait = yes)")
+        if config.inetd and not sockets:
             from msmtpd.inetd import run_inetd
 
             return run_inetd(config, tls_context)
-        from msmtpd.listen import bind_all
+        if not sockets:
+            from msmtpd.listen import bind_all
 
-        # Listening first: a client that connects while the rest loads
-        # waits in the listen queue instead of being refused.
-        sockets = bind_all(config.interfaces, config.port)
+            # Listening first: a client that connects while the rest loads
+            # waits in the listen queue instead of being refused.
+            sockets = bind_all(config.interfaces, config.port)
         from msmtpd.master import run_master
 
         return run_master(config, sockets, tls_context)
-    except ConfigError as exc:
+    except (UsageError, ConfigError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         return EXIT_SESSION_FAILED

@@ -57,6 +57,7 @@ class Config:
         self.tls_key: Optional[str] = None
         self.tls_implicit = False
         self.tls_required = False
+        self.idle_exit: Optional[float] = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)

@@ -30,7 +30,8 @@ from msmtpd.config import Config, is_number
 from msmtpd.listen import describe
 from msmtpd.pidfile import PidFile
 from msmtpd.service import Service, prepare
-from msmtpd.worker import EXIT_BOOT_ERROR, IDLE, Worker, _title
+from msmtpd.systemd import Status
+from msmtpd.worker import BUSY, EXIT_BOOT_ERROR, IDLE, Worker, _title
 
 log = logging.getLogger("msmtpd")
 
@@ -83,6 +84,8 @@ class Master:
         self.status_buffer = b""
         self.booted: set[int] = set()
         self.renewing: set[int] = set()  # workers told to leave after their session
+        self.status = Status(self.config.max_sessions)
+        self.last_busy = time.monotonic()
 
     # -- life cycle -------------------------------------------------------
 
@@ -98,8 +101,10 @@ class Master:
             self._spawn_missing()
             self._wait_for_boot()
             self._notify_ready("ready")
+            self.status.ready()
             log.info("listening on %s with %d workers", describe(self.sockets),
                      self.config.max_sessions)
+            self.last_busy = time.monotonic()
             while True:
                 self._loop_once()
         except Halt as halt:
@@ -124,6 +129,22 @@ class Master:
         self._read_status()
         self.reap()
         self._spawn_missing()
+        self._watch_sessions()
+
+    def _watch_sessions(self) -> None:
+        """Report the sessions in use; with --idle-exit, leave once none ran
+        for that long (the socket stays with systemd or inetd, which start
+        msmtpd again for the next client)."""
+        busy = self.scoreboard[:].count(BUSY)
+        self.status.sessions(busy)
+        now = time.monotonic()
+        if busy or select.select(self.sockets, [], [], 0)[0]:
+            self.last_busy = now
+        elif self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit:
+            log.info("no session for %g s: exiting until the next connection", self.config.idle_exit)
+            self.status.stopping()
+            self._stop_workers(graceful=True)
+            raise Halt("", 0)
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
@@ -160,6 +181,7 @@ class Master:
     def handle_hup(self) -> None:
         from msmtpd import logs
 
+        self.status.reloading()
         log.info("reopening the log")
         logs.reopen()
         _hand_log_to_user(self.config)
@@ -167,6 +189,7 @@ class Master:
             _kill(pid, signal.SIGHUP)
         if self.config.tls_cert is not None:
             self._reload_tls()
+        self.status.reloaded()
 
     def _reload_tls(self) -> None:
         """Read the certificate and key again (a renewed certificate): the
@@ -188,6 +211,7 @@ class Master:
             _kill(pid, signal.SIGUSR2)
 
     def handle_term(self) -> None:
+        self.status.stopping()
         log.info("stopping: letting running sessions finish")
         self._stop_workers(graceful=True)
         raise Halt("", 0)

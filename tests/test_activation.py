@@ -238,3 +238,38 @@ def test_xinetd_wait_yes_hands_the_listening_socket_to_the_pool(tmp_path: Path) 
         assert wait_until(lambda: log.read_text().count("listening on") == 2, WAIT)
     finally:
         stop_xinetd(server)
+
+
+def test_shipped_socket_and_service_units_run_the_pool(tmp_path: Path, notify_socket: socket.socket) -> None:
+    """The ExecStart= of etc/systemd/msmtpd.service, with the unit's own
+    default settings, under systemd-socket-activate listening where
+    etc/systemd/msmtpd.socket says (the port changed): it reports READY=1
+    (Type=notify) and delivers."""
+    from tests.test_service_files import ETC
+
+    service = (ETC / "systemd" / "msmtpd.service").read_text()
+    socket_unit = (ETC / "systemd" / "msmtpd.socket").read_text()
+    assert "Type=notify" in service and "Accept=no" in socket_unit
+    assert "ListenStream=127.0.0.1:25\n" in socket_unit
+    exec_start = next(line.split("=", 1)[1] for line in service.splitlines() if line.startswith("ExecStart="))
+    settings = {"INTERFACE": "127.0.0.1", "PORT": "25", "LOG": "-", "EXTRA": "--idle-exit=60",
+                "COMMAND": maildir_command(tmp_path)}
+    argv = []  # systemd's rules: ${NAME} stays one word, $NAME is split at white space
+    for word in exec_start.split()[1:]:
+        if word.startswith("$") and not word.startswith("${"):
+            argv.extend(settings[word[1:]].split())
+            continue
+        for name, value in settings.items():
+            word = word.replace("${" + name + "}", value)
+        argv.append(word)
+    port = free_port()
+    process = activate(port, argv, notify_socket)
+    try:
+        wait_for_port(port, process=process)
+        assert messages_until(notify_socket, "READY=1")
+        send(port, "through the shipped units")
+        assert len(wait_for_mails(tmp_path, 1)) == 1
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=WAIT)
+    assert b"listening on 127.0.0.1:" + str(port).encode() in out  # the unit's port 25 was ignored

@@ -589,7 +589,7 @@ def test_logrotate_makes_the_daemon_reopen_its_log(tmp_path: Path) -> None:
 
 # -- (e) the systemd units -----------------------------------------------------
 
-SYSTEMD_UNITS = ("msmtpd.service", "msmtpd.socket", "msmtpd@.service")
+SYSTEMD_UNITS = ("msmtpd.service", "msmtpd.socket", "msmtpd-inetd.socket", "msmtpd-inetd@.service")
 
 
 def systemd_verify(analyze: str, units: Sequence[Path]) -> Tuple[int, List[str]]:

@@ -19,6 +19,7 @@ from msmtpd.config import (
     DEFAULT_INTERFACE,
     DEFAULT_MAX_SESSIONS,
     DEFAULT_PORT,
+    DEFAULT_SPARE_WORKERS,
     DEFAULT_TIMEOUT,
     MAX_SESSIONS,
     MAX_SIZE,
@@ -69,6 +70,9 @@ Options:
                          (default {DEFAULT_COMMAND_TIMEOUT:g})
   --max-size=BYTES       largest message accepted; 0 means no limit (default 0)
   --max-sessions=N       sessions served at once (default {DEFAULT_MAX_SESSIONS})
+  --spare-workers=N      idle workers kept ready; more are started as they
+                         are taken, up to --max-sessions, and surplus ones
+                         leave after a minute idle (default {DEFAULT_SPARE_WORKERS})
   --spool-dir=DIR        where messages over 1 MiB are spooled while they
                          arrive (default $TMPDIR or /tmp)
   --daemon               detach from the terminal once listening
@@ -101,7 +105,7 @@ FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
          "--tls-implicit", "--tls-required")
 VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
-                 "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit")
+                 "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers")
 OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
@@ -172,6 +176,7 @@ SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--tls-cert": ("tls_cert", _text),
     "--tls-key": ("tls_key", _text),
     "--idle-exit": ("idle_exit", parse_seconds),
+    "--spare-workers": ("spare_workers", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
 }
 
 
@@ -195,6 +200,7 @@ def parse_args(argv: Sequence[str]) -> Config:
             setattr(config, attribute, check(value, option))
     if interfaces:
         config.interfaces = interfaces
+    config.spare_workers = min(config.spare_workers, config.max_sessions)
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
     if config.tls_cert is None:

@@ -15,6 +15,7 @@ DEFAULT_PORT = 25
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_COMMAND_TIMEOUT = 300.0
 DEFAULT_MAX_SESSIONS = 16
+DEFAULT_SPARE_WORKERS = 2
 # Upper bounds, so that every value fits the clocks and the process table:
 # a year of seconds, and more sessions than one small relay should fork.
 MAX_SECONDS = 365 * 24 * 3600
@@ -58,6 +59,7 @@ class Config:
         self.tls_implicit = False
         self.tls_required = False
         self.idle_exit: Optional[float] = None
+        self.spare_workers = DEFAULT_SPARE_WORKERS
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)

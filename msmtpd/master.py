@@ -46,6 +46,10 @@ KILL_WAIT = 5.0
 # After the grace time, how long workers get to end their own delivery
 # commands (and log it) before they are killed.
 STOP_MARGIN = 2.0
+# Idle workers beyond --spare-workers leave after this long (like Apache's
+# MaxSpareServers, but after a minute rather than at once).  The variable is
+# for the test suite.
+SURPLUS_IDLE_SECONDS = float(os.environ.get("MSMTPD_SURPLUS_IDLE_SECONDS", "60"))
 
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
@@ -86,6 +90,7 @@ class Master:
         self.renewing: set[int] = set()  # workers told to leave after their session
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
+        self.surplus_since: Optional[float] = None
 
     # -- life cycle -------------------------------------------------------
 
@@ -102,8 +107,8 @@ class Master:
             self._wait_for_boot()
             self._notify_ready("ready")
             self.status.ready()
-            log.info("listening on %s with %d workers", describe(self.sockets),
-                     self.config.max_sessions)
+            log.info("listening on %s with %d workers ready, up to %d", describe(self.sockets),
+                     self._wanted(), self.config.max_sessions)
             self.last_busy = time.monotonic()
             while True:
                 self._loop_once()
@@ -129,6 +134,7 @@ class Master:
         self._read_status()
         self.reap()
         self._spawn_missing()
+        self._let_surplus_go()
         self._watch_sessions()
 
     def _watch_sessions(self) -> None:
@@ -281,11 +287,36 @@ class Master:
             log.error("ended delivery command %d: %s", pid, why)
         return killed
 
+    def _wanted(self) -> int:
+        """Workers for the sessions running plus --spare-workers idle ones,
+        at most --max-sessions: the pool grows the moment spares are taken
+        (a worker reports "busy" on the status pipe, which wakes us)."""
+        busy = self.scoreboard[:].count(BUSY)
+        return min(self.config.max_sessions, busy + self.config.spare_workers)
+
     def _spawn_missing(self) -> None:
         if self.stopping or time.monotonic() < self.next_spawn:
             return
-        while len(self.workers) < self.config.max_sessions:
+        while len(self.workers) < self._wanted():
             self._spawn()
+
+    def _let_surplus_go(self) -> None:
+        """Idle workers beyond the spares, for SURPLUS_IDLE_SECONDS, leave
+        (SIGUSR2: a worker that has just taken a session finishes it first)."""
+        idle = [pid for pid, slot in self.slots.items()
+                if self.scoreboard[slot] == IDLE and pid in self.booted and pid not in self.renewing]
+        surplus = len(idle) - self.config.spare_workers
+        if surplus <= 0:
+            self.surplus_since = None
+            return
+        now = time.monotonic()
+        if self.surplus_since is None:
+            self.surplus_since = now
+        elif now - self.surplus_since >= SURPLUS_IDLE_SECONDS:
+            for pid in idle[:surplus]:
+                self.renewing.add(pid)
+                _kill(pid, signal.SIGUSR2)
+            self.surplus_since = None
 
     def _spawn(self) -> None:
         # Until the child has its own handlers, a signal sent to it would
@@ -331,10 +362,11 @@ class Master:
                 raise Halt(why or f"worker {pid_text} could not start")
             if kind == "ready" and is_number(pid_text):
                 self.booted.add(int(pid_text))
+            # "busy PID" needs nothing more: it woke the loop, which grows the pool.
 
     def _wait_for_boot(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while len(self.booted) < self.config.max_sessions:
+        while len(self.booted) < self._wanted():
             if time.monotonic() > deadline:
                 raise Halt("workers did not start in time")
             self._sleep(0.05)

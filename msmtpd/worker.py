@@ -183,6 +183,7 @@ class Worker:
         peer = peer_name(connection)
         _title(f"session {peer}")
         self._mark(BUSY)
+        self._report(f"busy {os.getpid()}")  # wakes the master: the pool may need a spare
         try:
             wire = Connection(Transport(connection, connection), self.service.config.timeout,
                               watch=self, peer=peer)

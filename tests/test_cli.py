@@ -153,7 +153,7 @@ def test_empty_values_are_refused(argv: List[str]) -> None:
         ["--max-size=" + "9" * 400], ["--port=99999999999999999999"], ["--timeout=1e400"],
         ["--shell-safe-addresses=yes"], ["--"], ["--port", "25", "--"],
         ["--tls-key=k.pem"], ["--tls-implicit"], ["--tls-required"], ["--tls"],
-        ["--tls-cert=/nonexistent.pem"],
+        ["--tls-cert=/nonexistent.pem"], ["--spare-workers=0"], ["--spare-workers=x"],
     ],
 )
 def test_usage_errors_in_process(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,6 +175,13 @@ def test_tls_flags_with_a_certificate() -> None:
 def test_tls_options_need_a_certificate(option: str) -> None:
     with pytest.raises(UsageError, match=f"{option.split('=')[0]} needs --tls-cert"):
         parse_args([option])
+
+
+def test_spare_workers_are_capped_at_max_sessions() -> None:
+    assert parse_args([]).spare_workers == 2
+    assert parse_args(["--spare-workers=5"]).spare_workers == 5
+    assert parse_args(["--spare-workers=20", "--max-sessions=4"]).spare_workers == 4
+    assert parse_args(["--max-sessions=1"]).spare_workers == 1
 
 
 def test_the_largest_values_are_accepted() -> None:
@@ -244,7 +251,7 @@ def test_usage_errors_say_what_is_wrong(argv: List[str], words: List[str],
 OPTIONS = ["--version", "--help", "--inetd", "--interface", "--port", "--log", "--command", "--auth",
            "--timeout", "--command-timeout", "--max-size", "--max-sessions", "--daemon", "--pidfile",
            "--user", "--spool-dir", "--shell-safe-addresses", "--tls-cert", "--tls-key", "--tls-implicit",
-           "--tls-required"]
+           "--tls-required", "--idle-exit", "--spare-workers"]
 
 
 def test_help_lists_every_option_and_its_default() -> None:

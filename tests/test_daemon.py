@@ -66,10 +66,14 @@ def zombies(pid: int) -> List[int]:
 
 
 def test_seventeenth_client_waits_until_a_session_ends(tmp_path: Path) -> None:
+    """The default pool starts with 2 spare workers, grows to 16 for 16
+    clients at once, and no further."""
     with Server([f"--command={maildir_command(tmp_path)}"]) as server:
-        assert wait_until(lambda: len(children(server.pid)) == 16)
+        # 2 spares, and perhaps one more: the test's probe of the port took one.
+        assert wait_until(lambda: 2 <= len(children(server.pid)) <= 3)
         busy = [connect(server.port) for _ in range(16)]
         try:
+            assert wait_until(lambda: len(children(server.pid)) == 16)
             for sock in busy:
                 assert greeting(sock, 5).startswith(b"220 ")
             waiting = connect(server.port)
@@ -99,7 +103,8 @@ def test_max_sessions_bounds_the_pool(tmp_path: Path) -> None:
 
 
 def test_killed_workers_are_replaced_without_zombies(tmp_path: Path) -> None:
-    with Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=4"]) as server:
+    with Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=4",
+                 "--spare-workers=4"]) as server:
         assert wait_until(lambda: len(children(server.pid)) == 4)
         old = set(children(server.pid))
         for pid in old:
@@ -317,3 +322,26 @@ def test_a_client_connecting_the_moment_the_port_listens_is_served(tmp_path: Pat
         process.wait(20)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_the_pool_grows_for_a_burst_and_surplus_workers_leave(tmp_path: Path) -> None:
+    """One spare worker; three clients at once get three sessions and a new
+    spare; once they are gone, the surplus leaves (after a minute, here one
+    second) and the spare stays."""
+    env = dict(os.environ, MSMTPD_SURPLUS_IDLE_SECONDS="1")
+    with Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=4", "--spare-workers=1"],
+                env=env) as server:
+        assert wait_until(lambda: len(children(server.pid)) == 1)
+        clients = [connect(server.port) for _ in range(3)]
+        try:
+            for sock in clients:
+                assert greeting(sock, 5).startswith(b"220 ")
+            assert wait_until(lambda: len(children(server.pid)) == 4)
+        finally:
+            for sock in clients:
+                sock.close()
+        assert wait_until(lambda: len(children(server.pid)) == 1, 15)
+        assert wait_until(lambda: not zombies(server.pid))
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=15) as smtp:
+            smtp.sendmail("a@example.org", ["b@example.org"], b"Subject: after\r\n\r\nhi\r\n")
+        assert len(wait_for_mails(tmp_path, 1)) == 1

@@ -126,7 +126,8 @@ def test_command_of_a_dead_worker_is_ended(tmp_path: Path) -> None:
 
 
 def test_killing_the_master_frees_the_port(tmp_path: Path) -> None:
-    server = Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=3"]).start()
+    server = Server([f"--command={maildir_command(tmp_path)}", "--max-sessions=3",
+                     "--spare-workers=3"]).start()
     assert wait_until(lambda: len(children(server.pid)) == 3)  # the port listens before they fork
     workers = children(server.pid)
     busy = socket.create_connection(("127.0.0.1", server.port), timeout=5)
@@ -249,7 +250,8 @@ def test_log_that_fails_after_start_is_reported_once(tmp_path: Path, tiny_tmpfs:
 def test_flood_of_connections_with_idle_ones(tmp_path: Path) -> None:
     """500 connections at once, 200 of them idle: with 16 sessions and a
     short --timeout every well-behaved client is served."""
-    args = [f"--command={maildir_command(tmp_path)}", "--timeout=0.5", "--max-sessions=16"]
+    args = [f"--command={maildir_command(tmp_path)}", "--timeout=0.5", "--max-sessions=16",
+            "--spare-workers=16"]
     with Server(args) as server:
         idle = []
         for _ in range(200):

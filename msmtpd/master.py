@@ -82,6 +82,9 @@ class Master:
         self.stopping = False
         self.status_r, self.status_w = os.pipe()
         os.set_blocking(self.status_r, False)
+        # A worker never waits on a full pipe (a master busy stopping): a
+        # lost "busy" report costs nothing, the next loop looks anyway.
+        os.set_blocking(self.status_w, False)
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)

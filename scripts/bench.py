@@ -8,9 +8,11 @@ rounds; the table shows medians and the ratio ours/C.
     python3 scripts/bench.py --quick    # a tiny run, to check it works
 
 Loads: (1) 1 KB mails, one per session, 16 sessions at once; (2) the same
-with 100 mails per session; (3) 20 MB mails, 4 sessions at once; (4)
---inetd sessions, one process each, against `python -c pass`; (5) time
-from start to accepting connections; (6) PSS of the whole process tree,
+with 100 mails per session; (3) 20 MB mails, 4 sessions at once, each of
+the three also as the CPU time per mail of the whole server tree, delivery
+commands included (counted in a cgroup where one can be made, else from
+/proc: see CpuMeter); (4) --inetd sessions, one process each, against
+`python -c pass`; (5) time from start to accepting connections; (6) PSS of the whole process tree,
 idle and under load 1; (7) start to listening, many runs each, against
 `python -c pass` spawned to exit; (8) load 1 over STARTTLS against ours
 with a certificate, beside the same load in plain text against the same
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -43,7 +46,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 C_MSMTPD = "/usr/bin/msmtpd"
 PYTHON = sys.executable  # the interpreter itself, never a shim found on PATH
@@ -216,6 +219,7 @@ class Target:
         self.argv = list(argv)
         self.port = 0
         self.process: Optional[subprocess.Popen[bytes]] = None
+        self.meter: Optional[CpuMeter] = None  # loads 1 to 3 only
 
     def start(self) -> float:
         """Start the server; returns the seconds until it accepted a connection."""
@@ -333,12 +337,21 @@ def message(size: int) -> bytes:
     return head + line * max(1, (size - len(head)) // len(line)) + b".\r\n"
 
 
-def run_load(pool: multiprocessing.pool.Pool, port: int, concurrency: int, sessions: int,
+def run_load(pool: multiprocessing.pool.Pool, target: Target, concurrency: int, sessions: int,
              mails: int, body: bytes) -> Dict[str, float]:
+    """One of loads 1 to 3: throughput, latency per mail and the CPU time
+    per mail of the whole server tree (see CpuMeter), read before the
+    clock starts and, once the tree has settled, after it stops."""
+    assert target.meter is not None
     per_client = max(1, sessions // concurrency)
+    cpu_before = target.meter.settled()[0]
     started = time.perf_counter()
-    results = pool.map(_client, [(port, per_client, mails, body, None)] * concurrency)
+    results = pool.map(_client, [(target.port, per_client, mails, body, None)] * concurrency)
     elapsed = time.perf_counter() - started
+    cpu_after, settled = target.meter.settled()
+    if not settled:
+        print(f"note: the {target.name} server's processes still came and went {SETTLE_SECONDS:g} s after "
+              "a load; its CPU figure may miss some of what they used")
     latencies = sorted(x for r, _, _ in results for x in r)
     count = len(latencies)
     return {
@@ -346,7 +359,263 @@ def run_load(pool: multiprocessing.pool.Pool, port: int, concurrency: int, sessi
         "MB/s": count * len(body) / elapsed / 1e6,
         "p50 ms": latencies[count // 2] * 1000,
         "p99 ms": latencies[min(count - 1, int(count * 0.99))] * 1000,
+        CPU_METRIC: (cpu_after - cpu_before) / count * 1000,
     }
+
+
+# -- the CPU time of the whole server tree (the CPU ms/mail lines of loads 1 to 3) -----
+#
+# The server's tree is its master, the master's workers (ours: spares forked
+# at start, more as they are taken, surplus ones leaving after a minute idle)
+# or session processes (the C msmtpd forks one per connection), and the
+# delivery commands they run (the C msmtpd's through /bin/sh).  Commands and
+# the C msmtpd's session processes are born and die within a load, so adding
+# up the processes alive at the end would miss them.  Two ways to count them:
+#
+# A cgroup, when this benchmark may make one (root, usually): the server's
+# tree is moved into a group of its own before the loads, and everything it
+# forks from then on is born there.  The kernel charges the group for the
+# CPU of every task in it as it runs, exited ones included, whoever reaps
+# them, in microseconds (v2's cpu.stat) or nanoseconds (v1's cpuacct.usage).
+# Only a group that no CPU controller governs is used (v2 without "cpu" in
+# the parent's cgroup.subtree_control, a v1 cpuacct hierarchy without "cpu"),
+# so the group changes nothing in how the server is scheduled.
+#
+# Otherwise (or with --proc-cpu) /proc: when a parent waits for a child, the
+# kernel adds the child's utime+stime+cutime+cstime to the parent's cutime
+# and cstime (fields 14 to 17 of /proc/PID/stat), and in both servers every
+# parent waits: ours, the worker for its command and the master for a worker
+# that ends (and for an orphan it adopted as subreaper); the C msmtpd, sh for
+# the command, the session process for sh (pclose) and the master for the
+# session process (wait4 in its SIGCHLD handler: 1.8.23 does not set SIGCHLD
+# to SIG_IGN, which would let the kernel reap them uncounted; checked with
+# strace).  So for a process P in /proc, utime+stime+cutime+cstime is the CPU
+# of P and of all its descendants already reaped, and the sum over the tree
+# counts everything the tree has used once (a child still in /proc, zombie or
+# not, is in no parent's cutime yet).  The figure is that sum after the load
+# minus before: a process there before and gone after moved its total into
+# its parent's cutime, one born and reaped in between is in its parent's.  A
+# process reaped while the tree is being read could be missed or counted
+# twice, hence the settling below.  The C msmtpd reaps one child per SIGCHLD,
+# and signals that arrive together count once, so some of its session
+# processes stay zombies until later ones end: they are counted where they
+# are.  The weak point is resolution: every field is truncated to a clock
+# tick (10 ms), separately for each process, so ours, whose workers start
+# load 1 with their fields at or near zero (or are forked during it), reads
+# 3 to 11% low there; against a cgroup, loads 2 and 3, and the C msmtpd's
+# three, agree within 1.5%.
+#
+# Both ways, the tree is read when it has settled: its running processes have
+# stayed the same for SETTLE_QUIET (after a load, the C msmtpd's session
+# processes end just after their QUIT is answered).  Checked with a delivery
+# command that burns 5 ms of CPU more than the usual one: loads 1 and 2 then
+# show 5.5 to 5.8 ms more per mail, for both servers, both ways.
+
+CPU_METRIC = "CPU ms/mail"
+SETTLE_SECONDS = 5.0  # at most, after a load, for its processes to exit
+SETTLE_QUIET = 0.1  # seconds the running processes must stay the same: the tree has settled
+SETTLE_POLL = 0.01
+Counter = Tuple[Path, str]  # a cgroup directory to make groups in, and the file that counts CPU there
+
+
+def cpu_method(parent: Optional[Counter]) -> str:
+    """The header's description of the CPU ms/mail lines."""
+    what = ("CPU ms/mail: user+system CPU of the whole server tree (master, workers or session processes, "
+            "delivery commands\n   and their /bin/sh) during the load, per mail, read before and after it "
+            "with the tree settled; lower is better;\n   ")
+    if parent is not None:
+        return what + (f"counted in a cgroup of its own ({parent[1]} under {parent[0]}), into which the tree "
+                       "is moved\n   before the loads: the kernel charges it for every process in it, "
+                       "exited ones too")
+    return what + ("from /proc/PID/stat: utime+stime+cutime+cstime summed over the tree, after minus before "
+                   "(a reaped\n   child's CPU is in its parent's cutime/cstime); each process's figures are "
+                   "truncated to a clock tick,\n   so ours reads 3 to 11% low in load 1 (no cgroup could be "
+                   "made, or --proc-cpu)")
+
+
+def tree_pids(pid: int) -> List[int]:
+    """``pid`` and all its descendants (the children of any of their
+    threads), from /proc; zombies included, as they are until reaped."""
+    pids: List[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        pids.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            pending.extend(int(child) for child in children)
+    return pids
+
+
+def tree_cpu(pid: int) -> Tuple[float, Set[int]]:
+    """CPU seconds (user+system) used so far by ``pid``, its descendants
+    and every descendant already reaped: utime+stime+cutime+cstime summed
+    over the tree.  Also the pids read that are still running (not zombies:
+    a zombie's figures are final, and move to its parent's when reaped)."""
+    ticks = 0
+    running: Set[int] = set()
+    for current in tree_pids(pid):
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except OSError:
+            continue  # gone since its parent listed it
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        ticks += sum(int(field) for field in fields[11:15])  # fields 14 to 17 of proc(5)
+        if fields[0] not in ("Z", "X"):
+            running.add(current)
+    return ticks / os.sysconf("SC_CLK_TCK"), running
+
+
+def cgroup_counters() -> List[Counter]:
+    """This process's own cgroups in which a group could count CPU without
+    a CPU controller acting on it: v2 first, then a v1 cpuacct hierarchy."""
+    try:
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+        own = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    except OSError:
+        return []
+    found: List[Counter] = []
+    for _, controllers, path in own:
+        for mount in mounts:
+            point, kind, options = mount[1], mount[2], mount[3].split(",")
+            if kind == "cgroup2" and controllers == "":
+                directory = Path(point + path)
+                try:
+                    enabled = (directory / "cgroup.subtree_control").read_text().split()
+                except OSError:
+                    continue
+                if "cpu" not in enabled:
+                    found.insert(0, (directory, "cpu.stat"))
+            elif kind == "cgroup" and "cpuacct" in options and "cpu" not in options \
+                    and "cpuacct" in controllers.split(","):
+                found.append((Path(point + path), "cpuacct.usage"))
+    return found
+
+
+def group_seconds(group: Path, counter: str) -> float:
+    """The CPU seconds a cgroup has been charged."""
+    text = (group / counter).read_text()
+    if counter == "cpu.stat":
+        return int(dict(line.split() for line in text.splitlines())["usage_usec"]) / 1e6
+    return int(text) / 1e9
+
+
+def remove_group(group: Path) -> None:
+    """rmdir, once its processes have gone (a few moments after they were reaped)."""
+    for _ in range(100):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+    print(f"note: could not remove the cgroup {group}")
+
+
+def new_group(parent: Counter, name: str) -> Path:
+    """A new, empty cgroup under ``parent``: its name is this benchmark's
+    pid, ``name`` and a serial number, so none is ever made twice."""
+    group = parent[0] / f"msmtpd-bench-{os.getpid()}-{name}-{next(GROUP_SERIALS)}"
+    group.mkdir()
+    return group
+
+
+GROUP_SERIALS = itertools.count(1)
+
+
+def usable_counter(proc_only: bool) -> Optional[Counter]:
+    """Where the CPU ms/mail lines count from: the first cgroup in which a
+    group can be made, a process moved into it, the group read and removed;
+    None for /proc."""
+    if proc_only:
+        return None
+    for parent in cgroup_counters():
+        try:
+            probe = new_group(parent, "probe")
+        except OSError:
+            continue
+        child = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            (probe / "cgroup.procs").write_text(str(child.pid))
+            group_seconds(probe, parent[1])
+            return parent
+        except (OSError, ValueError, KeyError):
+            continue
+        finally:
+            child.kill()
+            child.communicate()
+            remove_group(probe)
+    return None
+
+
+class CpuMeter:
+    """The CPU seconds used by a server's whole tree: from a cgroup made
+    for it under ``parent`` (the tree is moved in at once), else, with no
+    parent, from /proc (tree_cpu)."""
+
+    def __init__(self, pid: int, name: str, parent: Optional[Counter]) -> None:
+        self.pid = pid
+        self.group: Optional[Path] = None
+        self.counter = ""
+        if parent is not None:
+            group = new_group(parent, name)
+            try:
+                # the master first: from then on, whatever it forks is born in the group
+                (group / "cgroup.procs").write_text(str(pid))
+                for current in tree_pids(pid)[1:]:
+                    try:
+                        (group / "cgroup.procs").write_text(str(current))
+                    except ProcessLookupError:
+                        pass  # exited since
+                inside = {int(p) for p in (group / "cgroup.procs").read_text().split()}
+                if not tree_cpu(pid)[1] <= inside:
+                    raise RuntimeError(f"the {name} server's processes did not all move into {group}")
+            except BaseException:
+                for moved in (group / "cgroup.procs").read_text().split():
+                    (parent[0] / "cgroup.procs").write_text(moved)  # back where they were
+                remove_group(group)
+                raise
+            self.group, self.counter = group, parent[1]
+
+    def seconds(self) -> Tuple[float, Set[int]]:
+        """CPU seconds so far, and the tree's running processes."""
+        cpu, running = tree_cpu(self.pid)
+        if self.group is not None:
+            cpu = group_seconds(self.group, self.counter)
+        return cpu, running
+
+    def settled(self, timeout: float = SETTLE_SECONDS) -> Tuple[float, bool]:
+        """seconds() once the tree's running processes have stayed the same
+        for SETTLE_QUIET (the C msmtpd's session processes end just after
+        their QUIT is answered; ours may have started workers, which stay);
+        False beside it if that took over ``timeout``."""
+        deadline = time.monotonic() + timeout
+        cpu, running = self.seconds()
+        quiet_since = time.monotonic()
+        while True:
+            time.sleep(SETTLE_POLL)
+            cpu, now_running = self.seconds()
+            now = time.monotonic()
+            if now_running != running:
+                running, quiet_since = now_running, now
+            elif now - quiet_since >= SETTLE_QUIET:
+                return cpu, True
+            if now >= deadline:
+                return cpu, False
+
+    def close(self) -> None:
+        """Remove the cgroup, once the server has been stopped."""
+        if self.group is not None:
+            remove_group(self.group)
+            self.group = None
 
 
 def pss_kb(pid: int) -> int:
@@ -555,6 +824,9 @@ def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--cold-bytecode", action="store_true",
                         help="keep the environment's PYTHONDONTWRITEBYTECODE and __pycache__ as they are "
                         "(by default a private, warmed bytecode cache is used)")
+    parser.add_argument("--proc-cpu", action="store_true",
+                        help="count the CPU ms/mail lines from /proc even where a cgroup could be made "
+                        "(coarser: clock ticks, per process)")
     parser.add_argument("--start-runs", type=int, default=None,
                         help=f"runs for row 7 (default {START_RUNS}, {START_RUNS_QUICK} with --quick)")
     options = parser.parse_args(argv)
@@ -571,24 +843,27 @@ def daemon_loads(quick: bool) -> List[Tuple[str, Load]]:
     scale = 0.02 if quick else 1.0
     return [
         ("1 small mails, 1/session, 16 at once",
-         lambda pool, t: run_load(pool, t.port, 16, int(1600 * scale) or 16, 1, message(1000))),
+         lambda pool, t: run_load(pool, t, 16, int(1600 * scale) or 16, 1, message(1000))),
         ("2 small mails, 100/session, 16 at once",
-         lambda pool, t: run_load(pool, t.port, 16, 16, max(1, int(100 * scale)), message(1000))),
+         lambda pool, t: run_load(pool, t, 16, 16, max(1, int(100 * scale)), message(1000))),
         ("3 large mails (20 MB), 4 at once",
-         lambda pool, t: run_load(pool, t.port, 4, int(8 * scale) or 4, 1,
+         lambda pool, t: run_load(pool, t, 4, int(8 * scale) or 4, 1,
                                   message(int(20_000_000 * (0.05 if quick else 1))))),
     ]
 
 
 def run_daemon(pool: multiprocessing.pool.Pool, target: Target, loads: List[Tuple[str, Load]],
-               samples: Samples) -> None:
-    """One round against one daemon: rows 5, 1 (with row 6), 2 and 3."""
+               samples: Samples, counter: Optional[Counter]) -> None:
+    """One round against one daemon: rows 5, 1 (with row 6), 2 and 3,
+    with the CPU time of the tree counted in a cgroup under ``counter``
+    (from /proc if None)."""
     startup = target.start()
     try:
         time.sleep(0.3)
         samples.setdefault(("5 start to accepting", target.name), []).append({"ms": startup * 1000})
         assert target.process is not None
         idle = pss_kb(target.process.pid)
+        target.meter = CpuMeter(target.process.pid, target.name, counter)
         for name, load in loads:
             if name.startswith("1"):
                 with PeakPss(target.process.pid) as peak:
@@ -600,6 +875,9 @@ def run_daemon(pool: multiprocessing.pool.Pool, target: Target, loads: List[Tupl
             samples.setdefault((name, target.name), []).append(result)
     finally:
         target.stop()
+        if target.meter is not None:
+            target.meter.close()
+            target.meter = None
 
 
 def run_inetd(inetd_targets: List[Tuple[str, List[str]]], count: int, samples: Samples) -> None:
@@ -649,6 +927,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tls_target = Target("ours", [*targets[0].argv, f"--tls-cert={certificate[0]}",
                                          f"--tls-key={certificate[1]}"])
         tls_sessions = int(1600 * (0.02 if options.quick else 1.0))  # as load 1
+        counter = usable_counter(options.proc_cpu) if "daemon" in groups else None
         samples: Samples = {}
         tls_samples: TlsSamples = {}
         described = ""
@@ -658,14 +937,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for round_number in range(rounds):
                     if "daemon" in groups:
                         for target in targets if round_number % 2 == 0 else targets[::-1]:
-                            run_daemon(pool, target, loads, samples)
+                            run_daemon(pool, target, loads, samples, counter)
                     if "inetd" in groups:
                         run_inetd(inetd_targets, 5 if options.quick else 40, samples)
                     if tls_target is not None and certificate is not None:
                         described = run_tls(pool, tls_target, certificate[0], tls_sessions, round_number,
                                             tls_samples)
         if samples:
-            report(samples, rounds)
+            report(samples, rounds, counter)
         if start_times:
             report_start(start_times)
         if tls_samples:
@@ -676,20 +955,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def row(load: str, metric: str, mine: float, theirs: Optional[float], ratio: Optional[float],
-        base: Optional[float], note: str = "") -> str:
+        base: Optional[float], note: str = "", digits: int = 1) -> str:
     """One line of the table; a missing figure is a dash."""
-    def cell(value: Optional[float], width: int, digits: int) -> str:
-        return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
-    line = f"{load:42} {metric:11} {mine:10.1f} {cell(theirs, 10, 1)} {cell(ratio, 7, 2)}"
+    def cell(value: Optional[float], width: int, places: int) -> str:
+        return f"{value:{width}.{places}f}" if value is not None else f"{'-':>{width}}"
+    line = f"{load:42} {metric:11} {mine:10.{digits}f} {cell(theirs, 10, digits)} {cell(ratio, 7, 2)}"
     if base is not None:
-        line += f" {base:15.1f}"
+        line += f" {base:15.{digits}f}"
     return line + (f"  {note}" if note else "")
 
 
-def report(samples: Samples, rounds: int) -> None:
+def spread(ours: List[float], theirs: List[float]) -> str:
+    """The rounds' range of ours, of C and of the ratio ours/C taken round
+    by round (ours and C alternate within each round)."""
+    text = f"rounds: ours {min(ours):.2f}-{max(ours):.2f}"
+    if theirs:
+        text += f", C {min(theirs):.2f}-{max(theirs):.2f}"
+        ratios = [mine / other for mine, other in zip(ours, theirs) if other]
+        if ratios:
+            text += f", ratio {min(ratios):.2f}-{max(ratios):.2f}"
+    return text
+
+
+def report(samples: Samples, rounds: int, counter: Optional[Counter]) -> None:
     loads = sorted({load for load, _ in samples})
     print(f"\nmedians of {rounds} round(s); ratio = ours / C "
           f"(for ms and MB lower is better, for rates higher is better)")
+    if any(CPU_METRIC in s for sample in samples.values() for s in sample):
+        print(cpu_method(counter))
     print(f"{'load':42} {'metric':11} {'ours':>10} {'C':>10} {'ratio':>7} {FLOOR:>15}")
     for load in loads:
         ours = samples.get((load, "ours"), [])
@@ -699,7 +992,12 @@ def report(samples: Samples, rounds: int) -> None:
             mine = statistics.median(s[metric] for s in ours)
             theirs = statistics.median(s[metric] for s in other) if other else None
             base = statistics.median(s[metric] for s in floor) if floor else None
-            print(row(load, metric, mine, theirs, mine / theirs if theirs else None, base))
+            ratio = mine / theirs if theirs else None
+            if metric == CPU_METRIC:
+                note = spread([s[metric] for s in ours], [s[metric] for s in other])
+                print(row(load, metric, mine, theirs, ratio, base, note, digits=2))
+            else:
+                print(row(load, metric, mine, theirs, ratio, base))
 
 
 def report_start(times: Dict[str, List[float]]) -> None:

@@ -589,6 +589,26 @@ class Watch:
         return b"".join(piece for _, piece in self.pieces)
 
 
+def wait_for_third(port: int, timeout: float, result: Dict[str, Any], noop: bool = False) -> None:
+    """A client that arrives while the pool is full: how long until its
+    greeting (in ``result``), then a NOOP if asked, and QUIT."""
+    third = Client(port)
+    connected = time.monotonic()
+    try:
+        try:
+            greeting: Optional[bytes] = third.reply_or_eof(timeout)
+        except TimeoutError:
+            greeting = None
+        result["waited"] = time.monotonic() - connected
+        result["greeting"] = greeting
+        if greeting:
+            if noop:
+                result["noop"] = third.command(b"NOOP\r\n")
+            third.command(b"QUIT\r\n")
+    finally:
+        third.close()
+
+
 def overload_cut(directory: Path) -> Dict[str, Any]:
     """Two idle sessions fill --max-sessions=2; a third client waits."""
     log = directory / "msmtpd.log"
@@ -601,20 +621,7 @@ def overload_cut(directory: Path) -> Dict[str, Any]:
                 assert client.reply().startswith(b"220 ")
                 greeted.append(time.monotonic())
             watches = [Watch(client, 30) for client in idle]
-            third = Client(server.port)
-            connected = time.monotonic()
-            try:
-                try:
-                    greeting: Optional[bytes] = third.reply_or_eof(20)
-                except TimeoutError:
-                    greeting = None
-                result["waited"] = time.monotonic() - connected
-                result["greeting"] = greeting
-                if greeting:
-                    result["noop"] = third.command(b"NOOP\r\n")
-                    third.command(b"QUIT\r\n")
-            finally:
-                third.close()
+            wait_for_third(server.port, 20, result, noop=True)
             wait_until(lambda: any(w.closed_at for w in watches), 3)
             result["idle"] = [(w.data, w.closed_at, [t - g for t, _ in w.pieces])
                               for w, g in zip(watches, greeted)]
@@ -677,19 +684,7 @@ def overload_in_data(directory: Path) -> Dict[str, Any]:
         for thread in threads:
             thread.start()
         time.sleep(0.5)
-        third = Client(server.port)
-        connected = time.monotonic()
-        try:
-            try:
-                greeting: Optional[bytes] = third.reply_or_eof(30)
-            except TimeoutError:
-                greeting = None
-            result["waited"] = time.monotonic() - connected
-            result["greeting"] = greeting
-            if greeting:
-                third.command(b"QUIT\r\n")
-        finally:
-            third.close()
+        wait_for_third(server.port, 30, result)
         for thread in threads:
             thread.join(30)
         for client in senders:

@@ -9,7 +9,6 @@ the recipients as ``"$@"``, so no address is ever interpreted by a shell.
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import signal
@@ -19,13 +18,13 @@ from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol, Sequence
 
 from msmtpd import replies
 from msmtpd.config import DEFAULT_COMMAND
+from msmtpd.log import ERROR, INFO, log
 from msmtpd.replies import Reply
 
 if TYPE_CHECKING:
     from msmtpd.message import Spool
     from msmtpd.session import Envelope
 
-log = logging.getLogger("msmtpd")
 
 NULL_SENDER = "MAILER-DAEMON"
 
@@ -346,7 +345,7 @@ class Deliverer:
     def __call__(self, envelope: Envelope, spool: Spool) -> Reply:
         outcome = deliver(self.command, envelope.sender, envelope.recipients,
                           spool.contents(), self.timeout, self.interrupt)
-        level = logging.INFO if outcome.delivered else logging.ERROR
+        level = INFO if outcome.delivered else ERROR
         detail = summarise_stderr(outcome.stderr)
         log.log(level, "%s: mail from <%s> to %s, %d octets: %s, %s in %.3f s%s",
                 self.peer or "client", envelope.sender,

@@ -146,6 +146,9 @@ def open_handler(target: str) -> Optional[logging.Handler]:
 
 
 def install(handler: Optional[logging.Handler]) -> None:
+    """Make ``handler`` the one target of msmtpd's log (None: no log)."""
+    from msmtpd.log import log as proxy
+
     logging.raiseExceptions = False
     log.propagate = False
     for old in list(log.handlers):
@@ -153,9 +156,11 @@ def install(handler: Optional[logging.Handler]) -> None:
     if handler is None:
         log.addHandler(logging.NullHandler())
         log.setLevel(logging.CRITICAL + 1)
+        proxy.logger = None
         return
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    proxy.logger = log
 
 
 def reopen() -> None:

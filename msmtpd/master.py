@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import logging
 import mmap
 import os
 import select
@@ -28,12 +27,11 @@ from typing import Any, Dict, List, Optional
 from msmtpd import privileges
 from msmtpd.config import Config, is_number
 from msmtpd.listen import describe
+from msmtpd.log import ERROR, INFO, log
 from msmtpd.pidfile import PidFile
 from msmtpd.service import Service, prepare
 from msmtpd.systemd import Status
 from msmtpd.worker import BUSY, EXIT_BOOT_ERROR, IDLE, Worker, _title
-
-log = logging.getLogger("msmtpd")
 
 # A worker that dies sooner than this after its start counts as a boot failure ...
 BOOT_GRACE_SECONDS = 1.0
@@ -258,7 +256,7 @@ class Master:
             how = f"exit status {code}" if code >= 0 else f"signal {-code}"
             # Status 0 is a worker stopped from outside (SIGTERM sent to the
             # whole group), not a crash; it is replaced all the same.
-            log.log(logging.INFO if code == 0 else logging.ERROR,
+            log.log(INFO if code == 0 else ERROR,
                     "worker %d ended (%s); replacing it", pid, how)
             self._end_orphaned_commands()
             if not was_up or time.monotonic() - started < BOOT_GRACE_SECONDS and code > 0:

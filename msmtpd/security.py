@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 from typing import Optional
 
 from msmtpd import replies
 from msmtpd.connection import Connection
+from msmtpd.log import log
 from msmtpd.replies import Reply
 from msmtpd.session_types import Closed, Envelope, Settings
-
-log = logging.getLogger("msmtpd")
 
 # A session that fails authentication this often is closed.
 MAX_AUTH_FAILURES = 3

@@ -3,17 +3,16 @@ shared by ``--inetd`` and the pre-forked workers."""
 
 from __future__ import annotations
 
-import logging
 import socket
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from msmtpd import logs
 from msmtpd.config import Config, ConfigError
 from msmtpd.connection import Connection
 from msmtpd.delivery import Deliverer, Interrupt, PipeCommand
 from msmtpd.session import Session, Settings
 
-log = logging.getLogger("msmtpd")
+if TYPE_CHECKING:
+    import logging
 
 
 class Service:
@@ -36,11 +35,15 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
         command = PipeCommand(config.command)
     except ValueError as exc:
         raise ConfigError(f"invalid --command: {exc}") from None
-    try:
-        handler = logs.open_handler(config.log)
-    except OSError as exc:
-        raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
-    logs.install(handler)
+    handler = None
+    if config.log != "none":  # without a log, logging is never imported
+        from msmtpd import logs
+
+        try:
+            handler = logs.open_handler(config.log)
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
+        logs.install(handler)
     settings = Settings(hostname=socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir,
                         shell_safe=config.shell_safe_addresses, tls=tls_context,

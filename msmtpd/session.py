@@ -10,7 +10,6 @@ answered and the session goes on, up to a bound on consecutive errors.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from typing import Callable, Dict, Optional
@@ -27,6 +26,7 @@ from msmtpd.connection import (
     TLSFailed,
     TLSUnavailable,
 )
+from msmtpd.log import log
 from msmtpd.message import Spool, receive_data
 from msmtpd.replies import Reply
 from msmtpd.security import MAX_AUTH_FAILURES, SecurityVerbs, is_local
@@ -35,7 +35,6 @@ from msmtpd.session_types import Authenticator, Closed, Deliver, Envelope, Setti
 __all__ = ["MAX_AUTH_FAILURES", "Authenticator", "Closed", "Deliver", "Envelope", "Session", "Settings",
            "is_local", "sanitise_helo"]
 
-log = logging.getLogger("msmtpd")
 
 # RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; SMTPUTF8
 # addresses and long parameter lists need more, so accept a few KiB and

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 
-from msmtpd import logs
-
 
 class RecordedSignals:
     """SIGTERM: stop; SIGHUP: reopen the log; SIGUSR2 (a worker only, sent
@@ -48,5 +46,7 @@ class RecordedSignals:
             pass
         if self.reopen_log:
             self.reopen_log = False
+            from msmtpd import logs
+
             logs.reopen()
         return self.stop_requested

@@ -28,6 +28,7 @@ from msmtpd.connection import (
     Transport,
     peer_name,
 )
+from msmtpd.log import log
 from msmtpd.service import Service
 from msmtpd.session import Session
 from msmtpd.signals import RecordedSignals
@@ -104,10 +105,9 @@ class WorkerServer(socketserver.BaseServer):
         request.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import logging
         import traceback
 
-        logging.getLogger("msmtpd").error(
+        log.error(
             "session with %s failed: %s", client_address,
             traceback.format_exc().strip().splitlines()[-1])
 
@@ -248,9 +248,7 @@ class Worker:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return  # another worker won the race
         except OSError as exc:
-            import logging
-
-            logging.getLogger("msmtpd").error("accept failed: %s", exc.strerror)
+            log.error("accept failed: %s", exc.strerror)
             return
         connection.setblocking(True)
         try:

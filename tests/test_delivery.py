@@ -430,8 +430,12 @@ def test_message_given_as_a_file_descriptor(tmp_path: Path) -> None:
     assert out.read_bytes() == data
 
 
-def test_deliverer_runs_the_command_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_deliverer_runs_the_command_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Deliverer passes envelope and spool to the command and logs status and stderr."""
+    from msmtpd.log import log
+
+    monkeypatch.setattr(log, "logger", logging.getLogger("msmtpd"))  # as logs.install() does
     out = tmp_path / "mail"
     deliverer = Deliverer(PipeCommand(f"cat > {q(out)}; echo oops >&2; printf '%s\\n' %F > {q(out)}.args"),
                           10, peer="192.0.2.1")

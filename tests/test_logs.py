@@ -61,3 +61,20 @@ def test_many_recipients_are_summarised() -> None:
     assert summarise_recipients(recipients) == "<r0@example.org>, <r1@example.org> and 998 more"
     assert summarise_recipients(recipients[:3]) == "<r0@example.org>, <r1@example.org>, <r2@example.org>"
     assert summarise_recipients(recipients[:1]) == "<r0@example.org>"
+
+
+def test_without_a_log_an_inetd_session_never_imports_logging(tmp_path: Path) -> None:
+    """--log=none (the default) costs nothing: the logging module is not
+    even imported by a whole --inetd session with a delivery."""
+    import subprocess
+    import sys
+
+    script = ("import sys, io\n"
+              "sys.argv = ['msmtpd', '--inetd', '--command=cat > /dev/null; :']\n"
+              "from msmtpd.cli import main\n"
+              "status = main()\n"
+              "sys.stderr.write('logging' in sys.modules and 'LOGGING' or 'NO-LOGGING')\n")
+    conversation = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
+    done = subprocess.run([sys.executable, "-c", script], input=conversation, capture_output=True, timeout=30)
+    assert b"250 2.0.0 OK" in done.stdout
+    assert done.stderr.endswith(b"NO-LOGGING"), done.stderr

@@ -43,6 +43,10 @@ def _bind(interface: str, port: int) -> socket.socket:
 def describe(sockets: List[socket.socket]) -> str:
     names = []
     for sock in sockets:
-        host, port = sock.getsockname()[:2]
+        address = sock.getsockname()
+        if not isinstance(address, tuple):  # a Unix socket handed over by systemd
+            names.append(str(address) or "unix socket")
+            continue
+        host, port = address[:2]
         names.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
     return " ".join(names)

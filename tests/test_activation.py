@@ -273,3 +273,30 @@ def test_shipped_socket_and_service_units_run_the_pool(tmp_path: Path, notify_so
         process.terminate()
         out, _ = process.communicate(timeout=WAIT)
     assert b"listening on 127.0.0.1:" + str(port).encode() in out  # the unit's port 25 was ignored
+
+
+def test_a_unix_socket_from_systemd_is_served(tmp_path: Path) -> None:
+    """ListenStream=/run/msmtpd.sock: local programs may talk SMTP over a
+    Unix socket; the peer is local, the log names the socket."""
+    path = tmp_path / "smtp.sock"
+    process = subprocess.Popen([tool("systemd-socket-activate"), "-l", str(path), program("msmtpd"),
+                                f"--command={maildir_command(tmp_path / 'mail')}", "--log=-"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(path.exists)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(WAIT)
+            client.connect(str(path))
+            replies = client.makefile("rb")
+            assert replies.readline().startswith(b"220 ")
+            client.sendall(b"EHLO local\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+                           b"Subject: unix\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+            answers = replies.read()
+        assert b"250 2.0.0 OK" in answers and answers.endswith(b"221 2.0.0 " + socket.gethostname().encode()
+                                                               + b" closing connection\r\n")
+        mails = wait_for_mails(tmp_path / "mail", 1)
+        assert len(mails) == 1 and b"from local ([local])" in mails[0]
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=WAIT)
+    assert f"listening on {path}".encode() in out

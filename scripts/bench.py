@@ -924,8 +924,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print("note: openssl is not installed (apt-get install openssl); no row 8")
         tls_target = None
         if certificate is not None:
+            # A fixed pool: row 8 compares TLS with plain text, and its CPU
+            # figure reads the workers, which must not come and go meanwhile.
             tls_target = Target("ours", [*targets[0].argv, f"--tls-cert={certificate[0]}",
-                                         f"--tls-key={certificate[1]}"])
+                                         f"--tls-key={certificate[1]}", "--spare-workers=16"])
         tls_sessions = int(1600 * (0.02 if options.quick else 1.0))  # as load 1
         counter = usable_counter(options.proc_cpu) if "daemon" in groups else None
         samples: Samples = {}

@@ -83,9 +83,6 @@ def _escape_char(char: str) -> str:
 class _Formatter(logging.Formatter):
     """Escapes the message: whatever a client put in it stays on one line."""
 
-    def __init__(self, fmt: str, datefmt: Optional[str] = None) -> None:
-        super().__init__(fmt, datefmt)
-
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         record.message = escape(record.message)
         record.lowername = _LEVEL_NAMES.get(record.levelno, "info")

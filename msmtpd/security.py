@@ -106,14 +106,9 @@ class SecurityVerbs:
         return replies.AUTH_FAILED
 
     def _auth_plain(self, initial: str) -> tuple[str, str] | Reply:
-        if not initial:
-            response = self._challenge("")
-            if isinstance(response, Reply):
-                return response
-            initial = response
-        decoded = _b64decode(initial)
-        if decoded is None:
-            return replies.AUTH_BAD_BASE64
+        decoded = self._answer("", initial)
+        if isinstance(decoded, Reply):
+            return decoded
         parts = decoded.split(b"\0")
         if len(parts) != 3:
             return replies.AUTH_BAD_BASE64
@@ -121,23 +116,24 @@ class SecurityVerbs:
         return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
 
     def _auth_login(self, initial: str) -> tuple[str, str] | Reply:
-        if initial:
-            user_b64 = initial
-        else:
-            response = self._challenge("VXNlcm5hbWU6")  # "Username:"
+        user = self._answer("VXNlcm5hbWU6", initial)  # "Username:"
+        if isinstance(user, Reply):
+            return user
+        password = self._answer("UGFzc3dvcmQ6")  # "Password:"
+        if isinstance(password, Reply):
+            return password
+        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+
+    def _answer(self, challenge: str, initial: str = "") -> bytes | Reply:
+        """The client's answer, decoded: the initial response if it gave
+        one, else what it sends back to a 334 ``challenge``."""
+        if not initial:
+            response = self._challenge(challenge)
             if isinstance(response, Reply):
                 return response
-            user_b64 = response
-        user = _b64decode(user_b64)
-        if user is None:
-            return replies.AUTH_BAD_BASE64
-        response = self._challenge("UGFzc3dvcmQ6")  # "Password:"
-        if isinstance(response, Reply):
-            return response
-        password = _b64decode(response)
-        if password is None:
-            return replies.AUTH_BAD_BASE64
-        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+            initial = response
+        decoded = _b64decode(initial)
+        return replies.AUTH_BAD_BASE64 if decoded is None else decoded
 
     def _challenge(self, challenge: str) -> str | Reply:
         """Send a 334 and read the client's answer; ``*`` cancels."""

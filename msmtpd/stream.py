@@ -26,11 +26,6 @@ class LineReader:
         self._buffer = b""
         self._eof = False
 
-    @property
-    def has_buffered(self) -> bool:
-        """True while a pipelining client's next command is already here."""
-        return bool(self._buffer)
-
     def _fill(self) -> bool:
         if self._eof:
             return False

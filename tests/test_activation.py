@@ -37,6 +37,13 @@ def activate(port: int, args: List[str], notify: Optional[socket.socket] = None)
                             stderr=subprocess.STDOUT)
 
 
+def end(process: subprocess.Popen[bytes]) -> None:
+    """Kill a server a test could not stop the proper way."""
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
 def test_listen_fds_are_served_by_the_pool(tmp_path: Path) -> None:
     """--interface and --port are ignored: the inherited socket is served,
     by the pool (several sessions at once), not one session."""
@@ -72,9 +79,7 @@ def test_idle_exit_leaves_after_the_last_session(tmp_path: Path) -> None:
         out, _ = process.communicate(timeout=WAIT)
         idled = time.monotonic() - started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        end(process)
     assert process.returncode == 0
     assert 1.5 <= idled < 10, idled
     assert b"no session for 2 s: exiting" in out
@@ -95,9 +100,7 @@ def test_idle_exit_waits_while_a_session_runs(tmp_path: Path) -> None:
             smtp.sendmail("a@example.org", ["b@example.org"], b"Subject: late\r\n\r\nhi\r\n")
         process.communicate(timeout=WAIT)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        end(process)
     assert process.returncode == 0
     assert len(wait_for_mails(tmp_path, 1)) == 1
 
@@ -173,9 +176,7 @@ def test_readiness_status_reload_and_stop_reach_notify_socket(tmp_path: Path,
         assert messages_until(notify_socket, "STOPPING=1")
         process.communicate(timeout=WAIT)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        end(process)
     assert process.returncode == 0
 
 

@@ -6,6 +6,7 @@ grandchild that burnt CPU and was reaped before the second reading."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def test_cpu_of_a_reaped_grandchild_is_counted(way: str) -> None:
     bench = load_bench()
     counter = bench.usable_counter(way == "proc")
     if way == "cgroup" and counter is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no cgroup can be made here, and CI=true")
         pytest.skip("no cgroup can be made here")
     root = subprocess.Popen([sys.executable, "-c", TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)

@@ -118,6 +118,12 @@ class FailureClock:
         return bool(time.time() - self._shared.value < FAILURE_WINDOW)
 
 
+def delay_after_failure(clock: FailureClock) -> None:
+    """The brute-force delay before an AUTH answer."""
+    if clock.must_delay():
+        time.sleep(FAILURE_DELAY)
+
+
 class PasswordCheck:
     """The session's Authenticator for one user name and password."""
 
@@ -133,9 +139,11 @@ class PasswordCheck:
         password_ok = hmac.compare_digest(password.encode("utf-8"), self._password)
         return user_ok and password_ok
 
+    def may_send(self, user: str, sender: str) -> bool:
+        return True  # --auth names no senders
+
     def wait(self) -> None:
-        if self._clock.must_delay():
-            time.sleep(FAILURE_DELAY)
+        delay_after_failure(self._clock)
 
     def failed(self) -> None:
         self._clock.record()

@@ -61,6 +61,12 @@ Options:
   --auth=USER[,PASSWORDEVAL]
                          require authentication as USER; the password comes
                          from PASSWORDEVAL, else the key ring, else a prompt
+  --auth-file=FILE       require authentication as one of the users of FILE
+                         (htpasswd -B format, user:hash[:senders]; the
+                         optional senders, alice@example.org or @example.org,
+                         are all that user may give in MAIL FROM)
+  --allow=CIDR           only clients from this network may connect, others
+                         get 554 (repeatable; default: every client)
   --timeout=SECONDS      a command line must arrive, and a reply be read,
                          within SECONDS; DATA may pause this long and then
                          must average 500 octets/s; also the grace time of
@@ -92,8 +98,10 @@ Options:
   --idle-exit=SECONDS    with sockets from systemd (LISTEN_FDS) or inetd
                          (wait = yes): exit after this long without a session
                          (default: never)
-Exit status: 0 success, 1 an --inetd session that did not end with QUIT,
-3 usage or start-up error.
+  --check                connect to the first --interface and --port, send
+                         EHLO and QUIT, exit 0 if all answered 2xx, else 1
+Exit status: 0 success, 1 an --inetd session that did not end with QUIT
+or a failed --check, 3 usage or start-up error.
 """
 
 
@@ -102,10 +110,11 @@ class UsageError(Exception):
 
 
 FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
-         "--tls-implicit", "--tls-required")
+         "--tls-implicit", "--tls-required", "--check")
 VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
-                 "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers")
+                 "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers",
+                 "--auth-file", "--allow")
 OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
@@ -160,8 +169,8 @@ def _text(value: str, option: str) -> str:
 
 
 # How each option's value becomes a Config attribute: (attribute, check).
-# --version, --help, --interface (repeatable) and --auth (two attributes)
-# are handled in parse_args.
+# --version, --help, --interface and --allow (repeatable) and --auth (two
+# attributes) are handled in parse_args.
 SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--port": ("port", lambda value, option: parse_port(value)),
     "--log": ("log", _text),
@@ -177,6 +186,7 @@ SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--tls-key": ("tls_key", _text),
     "--idle-exit": ("idle_exit", parse_seconds),
     "--spare-workers": ("spare_workers", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
+    "--auth-file": ("auth_file", _text),
 }
 
 
@@ -195,6 +205,10 @@ def parse_args(argv: Sequence[str]) -> Config:
             interfaces.append(parse_interface(value))
         elif option == "--auth":
             config.auth_user, config.auth_passwordeval = parse_auth(value)
+        elif option == "--allow":
+            from msmtpd.allow import parse_network
+
+            config.allow.append(parse_network(value))
         else:
             attribute, check = SETTINGS[option]
             setattr(config, attribute, check(value, option))
@@ -203,6 +217,12 @@ def parse_args(argv: Sequence[str]) -> Config:
     config.spare_workers = min(config.spare_workers, config.max_sessions)
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
+    if config.auth_user is not None and config.auth_file is not None:
+        raise UsageError("--auth and --auth-file cannot be combined")
+    if config.check:
+        if config.inetd:
+            raise UsageError("--check cannot be combined with --inetd")
+        return config  # the server's other options may be given; only the address counts
     if config.tls_cert is None:
         for option, given in (("--tls-key", config.tls_key is not None),
                               ("--tls-implicit", config.tls_implicit),
@@ -227,6 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = parse_args(sys.argv[1:] if argv is None else argv)
     except (UsageError, ConfigError) as exc:
         return fail(str(exc))
+    if config.check:
+        from msmtpd.check import run_check
+
+        return run_check(config)
     try:
         tls_context = None
         if config.tls_cert is not None:  # read before binding, detaching or dropping privileges

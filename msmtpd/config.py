@@ -6,7 +6,7 @@ command line is parsed and the sockets bound before anything slow loads.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 DEFAULT_COMMAND = "msmtp -f %F --"
 DEFAULT_INTERFACE = "127.0.0.1"
@@ -60,6 +60,9 @@ class Config:
         self.tls_required = False
         self.idle_exit: Optional[float] = None
         self.spare_workers = DEFAULT_SPARE_WORKERS
+        self.auth_file: Optional[str] = None
+        self.allow: List[Any] = []  # ipaddress networks, from msmtpd.allow.parse_network
+        self.check = False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)

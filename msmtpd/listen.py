@@ -50,3 +50,20 @@ def describe(sockets: List[socket.socket]) -> str:
         host, port = address[:2]
         names.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
     return " ".join(names)
+
+
+def reachable_from_outside(sockets: List[socket.socket]) -> List[str]:
+    """The listening addresses other machines may reach: anything but
+    loopback (127.0.0.0/8, ::1) and Unix sockets."""
+    open_ones = []
+    for sock in sockets:
+        address = sock.getsockname()
+        if not isinstance(address, tuple):
+            continue
+        host = str(address[0]).lower()
+        if host.startswith("::ffff:"):
+            host = host[len("::ffff:"):]
+        if host == "::1" or (sock.family == socket.AF_INET or "." in host) and host.startswith("127."):
+            continue
+        open_ones.append(describe([sock]))
+    return open_ones

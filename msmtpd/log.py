@@ -8,11 +8,12 @@ from typing import Any
 
 # logging's own numbers for its levels.
 INFO = 20
+WARNING = 30
 ERROR = 40
 
 
 class Log:
-    """``info``, ``error`` and ``log`` as on a ``logging.Logger``; silent
+    """``info``, ``warning``, ``error`` and ``log`` as on a ``logging.Logger``; silent
     until :func:`msmtpd.logs.install` hands it the real one."""
 
     def __init__(self) -> None:
@@ -24,6 +25,9 @@ class Log:
 
     def info(self, message: str, *args: object) -> None:
         self.log(INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(WARNING, message, *args)
 
     def error(self, message: str, *args: object) -> None:
         self.log(ERROR, message, *args)

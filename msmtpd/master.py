@@ -26,9 +26,10 @@ from typing import Any, Dict, List, Optional
 
 from msmtpd import privileges
 from msmtpd.config import Config, is_number
-from msmtpd.listen import describe
+from msmtpd.listen import describe, reachable_from_outside
 from msmtpd.log import ERROR, INFO, log
 from msmtpd.pidfile import PidFile
+from msmtpd.reload import reload_settings
 from msmtpd.service import Service, prepare
 from msmtpd.systemd import Status
 from msmtpd.worker import BUSY, EXIT_BOOT_ERROR, IDLE, Worker, _title
@@ -110,6 +111,7 @@ class Master:
             self.status.ready()
             log.info("listening on %s with %d workers ready, up to %d", describe(self.sockets),
                      self._wanted(), self.config.max_sessions)
+            self._warn_if_open()
             self.last_busy = time.monotonic()
             while True:
                 self._loop_once()
@@ -125,6 +127,14 @@ class Master:
         finally:
             if self.pidfile is not None:
                 self.pidfile.remove()
+
+    def _warn_if_open(self) -> None:
+        config = self.config
+        if config.auth_user is not None or config.auth_file is not None or config.allow:
+            return
+        for where in reachable_from_outside(self.sockets):
+            log.warning("anyone who can reach %s can send mail through msmtpd:"
+                        " use --allow, --auth or --auth-file to restrict it", where)
 
     def _loop_once(self) -> None:
         if self.signal_queue:
@@ -194,25 +204,14 @@ class Master:
         _hand_log_to_user(self.config)
         for pid in list(self.workers):
             _kill(pid, signal.SIGHUP)
-        if self.config.tls_cert is not None:
-            self._reload_tls()
+        if reload_settings(self.config, self.service.settings):
+            self._renew_workers()
         self.status.reloaded()
 
-    def _reload_tls(self) -> None:
-        """Read the certificate and key again (a renewed certificate): the
-        master, still root under --user, reads them; new workers get the new
-        context, and each old one leaves when its session is over.  A pair
-        that fails to load is logged and the old one stays."""
-        from msmtpd.config import ConfigError
-        from msmtpd.tls import load_context
-
-        assert self.config.tls_cert is not None
-        try:
-            self.service.settings.tls = load_context(self.config.tls_cert, self.config.tls_key)
-        except ConfigError as exc:
-            log.error("keeping the old TLS certificate: %s", exc)
-            return
-        log.info("TLS certificate reloaded from %s; renewing the workers", self.config.tls_cert)
+    def _renew_workers(self) -> None:
+        """New workers get what SIGHUP re-read; each old one leaves when its
+        session is over."""
+        log.info("renewing the workers")
         for pid in list(self.workers):
             self.renewing.add(pid)
             _kill(pid, signal.SIGUSR2)
@@ -474,7 +473,7 @@ def _start(config: Config, sockets: List[socket.socket], tls_context: Any) -> in
     if config.user is not None:
         privileges.resolve(config.user)
     shared: Any = None
-    if config.auth_user is not None:
+    if config.auth_user is not None or config.auth_file is not None:
         import multiprocessing
 
         shared = multiprocessing.get_context("fork").Value("d", 0.0)

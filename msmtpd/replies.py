@@ -82,8 +82,11 @@ AUTH_OK = Reply(235, "2.7.0 Authentication successful")
 AUTH_CHALLENGE = Reply(334, "{challenge}")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4 Message exceeds the size limit of {limit} octets")
 ADDRESS_REFUSED = Reply(553, "5.1.3 Address refused: {reason}")
+SENDER_NOT_ALLOWED = Reply(553, "5.7.1 Sender address not allowed for this user")
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7 Non-ASCII address requires the SMTPUTF8 parameter")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4 Unsupported parameter {name}")
+
+ACCESS_DENIED = Reply(554, "5.7.1 Access denied")
 
 DELIVERED = Reply(250, "2.0.0 OK, mail was handed to the delivery command")
 DELIVERY_TEMPFAIL = Reply(451, "4.3.0 Delivery failed temporarily: {why}; try again later")

@@ -53,4 +53,13 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
 
         password = obtain_password(config.auth_user, config.auth_passwordeval)
         settings.auth = PasswordCheck(config.auth_user, password, FailureClock(shared_failure_time))
+    elif config.auth_file is not None:
+        from msmtpd.accounts import load_accounts
+        from msmtpd.auth import FailureClock
+
+        settings.auth = load_accounts(config.auth_file, FailureClock(shared_failure_time))
+    if config.allow:
+        from msmtpd.allow import AllowList
+
+        settings.allow = AllowList(config.allow)
     return Service(config, command, settings, handler)

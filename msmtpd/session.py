@@ -97,6 +97,12 @@ class Session(SecurityVerbs):
         """Serve until QUIT (True) or until the client goes away, idles too
         long or makes too many mistakes (False)."""
         host = self.settings.hostname
+        allow = self.settings.allow
+        if allow is not None and not allow.permits(self.peer):
+            # Before TLS and before anything else: a refused client costs one reply.
+            log.info("refused %s: not in --allow", self.peer or "a client with no address")
+            self.reply(replies.ACCESS_DENIED, final=True)
+            return False
         log.info("session from %s", self.peer or "unknown peer")
         try:
             if self.settings.tls is not None and self.settings.tls_implicit:
@@ -293,6 +299,10 @@ class Session(SecurityVerbs):
         sender = self._check_path(path, envelope, allow_null=True)
         if isinstance(sender, Reply):
             return sender
+        user, auth = self.authenticated_user, self.settings.auth
+        if user is not None and auth is not None and not auth.may_send(user, sender):
+            log.info("%s: user %s may not send as <%s>", self.peer or "client", user, sender)
+            return replies.SENDER_NOT_ALLOWED
         envelope.sender = sender
         self.envelope = envelope
         return replies.SENDER_OK

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List, Optional, Protocol
 
 if TYPE_CHECKING:
+    from msmtpd.allow import AllowList
     from msmtpd.message import Spool
     from msmtpd.replies import Reply
 
@@ -16,10 +17,14 @@ class Deliver(Protocol):
 
 
 class Authenticator(Protocol):
-    """Checks credentials; ``wait`` applies the brute-force delay before an
+    """Checks credentials and who may send as whom; ``wait`` applies the brute-force delay before an
     AUTH answer, ``failed`` records a failure for it."""
 
     def check(self, user: str, password: str) -> bool: ...
+
+    def may_send(self, user: str, sender: str) -> bool:
+        """Whether an authenticated ``user`` may give ``sender`` in MAIL FROM."""
+        ...
 
     def wait(self) -> None: ...
 
@@ -32,7 +37,7 @@ class Settings:
     def __init__(self, hostname: str = "localhost", max_size: int = 0,
                  spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
                  shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
-                 tls_required: bool = False) -> None:
+                 tls_required: bool = False, allow: Optional[AllowList] = None) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
@@ -41,6 +46,7 @@ class Settings:
         self.tls = tls  # the ssl.SSLContext of --tls-cert, or None
         self.tls_implicit = tls_implicit
         self.tls_required = tls_required
+        self.allow = allow  # --allow: the client networks that may connect
 
 
 class Envelope:

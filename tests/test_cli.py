@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any, List, Sequence
 
 import pytest
@@ -251,7 +252,7 @@ def test_usage_errors_say_what_is_wrong(argv: List[str], words: List[str],
 OPTIONS = ["--version", "--help", "--inetd", "--interface", "--port", "--log", "--command", "--auth",
            "--timeout", "--command-timeout", "--max-size", "--max-sessions", "--daemon", "--pidfile",
            "--user", "--spool-dir", "--shell-safe-addresses", "--tls-cert", "--tls-key", "--tls-implicit",
-           "--tls-required", "--idle-exit", "--spare-workers"]
+           "--tls-required", "--idle-exit", "--spare-workers", "--auth-file", "--allow", "--check"]
 
 
 def test_help_lists_every_option_and_its_default() -> None:
@@ -267,6 +268,20 @@ def test_help_lists_every_option_and_its_default() -> None:
                     "(default 0)", "(default 16)", "no logging (default)"):
         assert default in text, default
     assert text.count("(default 300)") == 2
+
+
+def test_the_manual_and_the_readme_document_every_option() -> None:
+    """Each option the parser knows has an entry in msmtpd.1 and is named in the README."""
+    from msmtpd import cli
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "msmtpd.1").read_text()
+    readme = (root / "README.md").read_text()
+    for option in cli.OPTIONS:
+        roff = option.replace("-", "\\-")
+        assert f"\n.TP\n.B {roff}\n" in page or f"\n.TP\n.BI {roff}=" in page \
+            or f"\n.TP\n.BR {roff}=" in page, option
+        assert f"`{option}" in readme, option
 
 
 def test_help_after_other_options(capsys: pytest.CaptureFixture[str]) -> None:

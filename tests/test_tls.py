@@ -34,6 +34,7 @@ import pytest
 import trustme
 
 from tests import helpers
+from tests.netns import HOST_ADDRESS, PEER_ADDRESS, veth_namespace
 from tests.test_clients import received_headers
 from tests.test_inetd import TinyInetd, finish
 from tests.test_service_files import ETC, kill_quietly, stop_xinetd
@@ -43,12 +44,6 @@ WAIT = 15.0  # upper bound for any single wait that is not itself under test
 USER, PASSWORD = "mailer", "s3cret-pw"
 AUTH = f"--auth={USER},echo {PASSWORD}"
 SLOW_TIMEOUT = 2.0  # --timeout of the servers whose handshake deadline is tested
-# The non-loopback link: a /30 of TEST-NET-2 chosen by our pid, so that two
-# runs at once do not collide; the server listens on HOST_ADDRESS, the
-# client in the namespace has PEER_ADDRESS.
-_SUBNET = 4 * (os.getpid() % 64)
-HOST_ADDRESS = f"198.51.100.{_SUBNET + 1}"
-PEER_ADDRESS = f"198.51.100.{_SUBNET + 2}"
 NAMES = ("localhost", "127.0.0.1", HOST_ADDRESS)
 RECEIVED_TLS = re.compile(
     rb"Received: from (?P<helo>\S+) \(\[(?P<peer>[0-9.]+)\]\) by " + re.escape(HOST.encode())
@@ -844,39 +839,9 @@ def test_loopback_peer_may_auth_in_plain_text(daemons: Daemons, certs: Certs, ma
 
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
-    """A network namespace whose only link is a veth pair to us: the client
-    there has PEER_ADDRESS, which is not loopback.  Removed afterwards."""
-    ip = helpers.tool("ip")
-    if os.geteuid() != 0:
-        if helpers.CI:
-            pytest.fail("network namespaces need root")
-        pytest.skip("network namespaces need root")
-    name = f"msmtpd-t-{os.getpid()}"
-    host_end, peer_end = f"mtt{os.getpid()}h", f"mtt{os.getpid()}n"
-
-    def ip_run(*args: str) -> None:
-        done = subprocess.run([ip, *args], capture_output=True, text=True, timeout=WAIT)
-        assert done.returncode == 0, (args, done.stderr)
-
-    def remove() -> None:
-        subprocess.run([ip, "link", "del", host_end], capture_output=True, timeout=WAIT)
-        subprocess.run([ip, "netns", "del", name], capture_output=True, timeout=WAIT)
-
-    remove()
-    try:
-        ip_run("netns", "add", name)
-        ip_run("link", "add", host_end, "type", "veth", "peer", "name", peer_end)
-        ip_run("link", "set", peer_end, "netns", name)
-        ip_run("addr", "add", f"{HOST_ADDRESS}/30", "dev", host_end)
-        ip_run("link", "set", host_end, "up")
-        ip_run("-n", name, "addr", "add", f"{PEER_ADDRESS}/30", "dev", peer_end)
-        ip_run("-n", name, "link", "set", peer_end, "up")
-        ip_run("-n", name, "link", "set", "lo", "up")
+    """The client's namespace: PEER_ADDRESS, not loopback."""
+    with veth_namespace("t") as name:
         yield name
-    finally:
-        remove()
-        listed = subprocess.run([ip, "netns", "list"], capture_output=True, text=True, timeout=WAIT)
-        assert name not in listed.stdout
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,46 @@
+"""What SIGHUP re-reads besides the log: the TLS certificate and the
+``--auth-file`` users.  The master (still root under --user) reads them;
+a file that fails to load is logged and the old one stays."""
+
+from __future__ import annotations
+
+from msmtpd.config import Config, ConfigError
+from msmtpd.log import log
+from msmtpd.session_types import Settings
+
+
+def reload_settings(config: Config, settings: Settings) -> bool:
+    """Re-read what can change on disk; True when the workers must be
+    renewed to pick up something new."""
+    renew = False
+    if config.tls_cert is not None:
+        renew |= _reload_tls(config, settings)
+    if config.auth_file is not None:
+        renew |= _reload_accounts(config, settings)
+    return renew
+
+
+def _reload_tls(config: Config, settings: Settings) -> bool:
+    from msmtpd.tls import load_context
+
+    assert config.tls_cert is not None
+    try:
+        settings.tls = load_context(config.tls_cert, config.tls_key)
+    except ConfigError as exc:
+        log.error("keeping the old TLS certificate: %s", exc)
+        return False
+    log.info("TLS certificate reloaded from %s", config.tls_cert)
+    return True
+
+
+def _reload_accounts(config: Config, settings: Settings) -> bool:
+    from msmtpd.accounts import Accounts, load_accounts
+
+    assert config.auth_file is not None and isinstance(settings.auth, Accounts)
+    try:
+        settings.auth = load_accounts(config.auth_file, settings.auth.clock)
+    except ConfigError as exc:
+        log.error("keeping the old users: %s", exc)
+        return False
+    log.info("%d users reloaded from %s", len(settings.auth.users), config.auth_file)
+    return True

@@ -89,8 +89,15 @@ class Accounts:
 
 def load_accounts(path: str, clock: FailureClock) -> Accounts:
     """Read ``path``; ConfigError names the file and line of the first problem."""
+    import os
+    import stat
+
     try:
-        with open(path, "rb") as file:
+        # Non-blocking, so that a FIFO named by mistake cannot hang a SIGHUP.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"invalid --auth-file {path}: not a regular file")
             data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read --auth-file {path}: {exc.strerror}") from None

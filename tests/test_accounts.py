@@ -137,6 +137,17 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
         load_accounts(str(tmp_path / "absent"), clock())
 
 
+def test_a_fifo_or_a_device_is_refused_without_waiting(tmp_path: Path) -> None:
+    """A FIFO named by mistake would block the read (and a SIGHUP) forever."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_accounts(path, clock())
+
+
 def test_parse_line_keeps_the_hash_for_bcrypt() -> None:
     user, account = parse_line(f"alice:{ALICE_HASH}")
     assert user == "alice" and account.password_hash == ALICE_HASH.encode()

@@ -13,6 +13,10 @@ from __future__ import annotations
 import re
 from typing import Dict, Optional, Tuple
 
+# Imported with this module, before any process drops privileges (the
+# sessions' user may not be able to read the Python installation).
+import bcrypt
+
 from msmtpd.auth import FailureClock, delay_after_failure
 from msmtpd.config import ConfigError
 
@@ -55,8 +59,6 @@ class Accounts:
         self._decoy: Optional[bytes] = None
 
     def check(self, user: str, password: str) -> bool:
-        import bcrypt
-
         secret = password.encode("utf-8")[:BCRYPT_MAX_PASSWORD]
         account = self.users.get(user)
         if account is None:
@@ -80,8 +82,6 @@ class Accounts:
 
     def _decoy_hash(self) -> bytes:
         if self._decoy is None:
-            import bcrypt
-
             costs = [int(a.password_hash[4:6]) for a in self.users.values()] or [5]
             self._decoy = bcrypt.hashpw(b"decoy", bcrypt.gensalt(max(costs), prefix=b"2b"))
         return self._decoy

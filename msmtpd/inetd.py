@@ -39,6 +39,7 @@ def run_inetd(config: Config, tls_context: Any = None) -> int:
     if config.user is not None:
         from msmtpd import privileges
 
+        service.import_late_modules()
         privileges.drop(config.user)
     signals = _Signals()
     reader = endpoint_of(sys.stdin.fileno())

@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     import logging
 
 
+# What a session imports only when it first needs it (a message over the
+# memory limit, an AUTH, a TLS session, a failure to log).  A process that is
+# about to drop privileges imports them first: the sessions' user may be
+# unable to read the Python installation (a virtualenv or pyenv under /root).
+LATE_MODULES = ("tempfile", "hmac", "ipaddress", "traceback", "msmtpd.tls")
+
+
 class Service:
     def __init__(self, config: Config, command: PipeCommand, settings: Settings,
                  log_handler: Optional[logging.Handler]) -> None:
@@ -22,6 +29,13 @@ class Service:
         self.command = command
         self.settings = settings
         self.log_handler = log_handler
+
+    def import_late_modules(self) -> None:
+        """Before dropping privileges: see LATE_MODULES."""
+        import importlib
+
+        for name in LATE_MODULES:
+            importlib.import_module(name)
 
     def session(self, connection: Connection, peer: str,
                 interrupt: Optional[Interrupt] = None) -> Session:

@@ -157,6 +157,7 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                                     signal.SIGUSR2})
         if self.user is not None:
+            self.service.import_late_modules()
             privileges.drop(self.user)
         _title("worker idle")
 

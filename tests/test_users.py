@@ -199,3 +199,26 @@ def test_inetd_session_with_an_auth_file(tmp_path: Path) -> None:
     assert codes == ["220", "250", "530", "235", "553", "250", "250", "354", "250", "221"], done.stdout
     assert done.returncode == 0
     assert len(helpers.delivered(maildir)) == 1
+
+
+def test_a_root_only_file_with_user_nobody_is_read_by_the_master_also_on_sighup(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if helpers.CI:
+            pytest.fail("needs root")
+        pytest.skip("needs root")
+    users = users_file(tmp_path)
+    os.chown(users, 0, 0)
+    users.chmod(0o600)
+    daemon = Daemon(tmp_path, "nobody", [f"--auth-file={users}", "--user=nobody"],
+                    command="cat >/dev/null; :", max_sessions=2)
+    run_daemons(daemon)
+    try:
+        send_as(daemon, "alice", "alice@example.org")
+        daemon.wait_log("delivered, exit status 0")
+        htpasswd(users, "carol", "-B")
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_log("3 users reloaded from")
+        assert helpers.wait_until(lambda: can_log_in(daemon, "carol"), WAIT)
+    finally:
+        stop_daemons([daemon])
+    assert "keeping the old users" not in daemon.log_text()

@@ -45,8 +45,10 @@ DELIVERED, DEFERRED, FAILED, BUSY = "delivered", "deferred", "failed", "busy"
 
 
 def retry_delay(attempts: int, first: float = FIRST_RETRY_SECONDS) -> float:
-    """1, 2, 4 ... minutes after the first, second, third attempt, at most an hour."""
-    return float(min(first * 2.0 ** max(attempts - 1, 0), max(MAX_RETRY_SECONDS, first)))
+    """1, 2, 4 ... minutes after the first, second, third attempt, at most an
+    hour (a shortened first delay shortens the longest in proportion)."""
+    longest = MAX_RETRY_SECONDS * first / 60.0
+    return float(min(first * 2.0 ** min(max(attempts - 1, 0), 64), longest))
 
 
 class Stopper:

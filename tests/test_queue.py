@@ -117,6 +117,8 @@ def test_back_off_doubles_from_a_minute_to_an_hour() -> None:
     assert [retry_delay(n, 60.0) for n in (1, 2, 3, 4, 5, 6, 7, 8)] == [
         60, 120, 240, 480, 960, 1920, 3600, 3600]
     assert retry_delay(50, 60.0) == MAX_RETRY_SECONDS
+    # The tests' shortened first delay shortens the longest in proportion.
+    assert retry_delay(1, 0.1) == 0.1 and retry_delay(30, 0.1) == pytest.approx(6.0)
 
 
 def test_queue_options_parse() -> None:

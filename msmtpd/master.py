@@ -155,7 +155,8 @@ class Master:
         now = time.monotonic()
         if busy or select.select(self.sockets, [], [], 0)[0]:
             self.last_busy = now
-        elif self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit:
+        elif (self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit
+              and not self._queue_holds_mail()):
             log.info("no session for %g s: exiting until the next connection", self.config.idle_exit)
             self.status.stopping()
             self._stop_workers(graceful=True)
@@ -426,6 +427,15 @@ class Master:
         if self.runner_pid is not None:
             log.info("SIGUSR1: asking the queue runner to try every queued mail now")
             self._signal_runner(signal.SIGUSR1)
+
+    def _queue_holds_mail(self) -> bool:
+        """With --idle-exit a pool stays while its queue has mail to deliver."""
+        if self.config.queue is None:
+            return False
+        try:
+            return any(name.endswith(".env") for name in os.listdir(self.config.queue))
+        except OSError:
+            return False
 
     def _signal_runner(self, signum: int) -> None:
         if self.runner_pid is not None:

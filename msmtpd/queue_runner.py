@@ -28,10 +28,19 @@ from msmtpd.delivery import PipeCommand, deliver, summarise_recipients, summaris
 from msmtpd.log import ERROR, INFO, log
 from msmtpd.queue_store import RUNNER_LOCK, Envelope, Queue, make_fifo
 
+
 # The first retry after a temporary failure, doubling up to the last (like
 # Postfix's minimal_backoff_time and maximal_backoff_time).  The variable
 # shortens the first delay for the test suite; it is not an option.
-FIRST_RETRY_SECONDS = float(os.environ.get("MSMTPD_QUEUE_RETRY_SECONDS", "60"))
+def _first_retry(default: float = 60.0) -> float:
+    try:
+        value = float(os.environ.get("MSMTPD_QUEUE_RETRY_SECONDS", default))
+    except ValueError:
+        return default
+    return value if 0 < value <= default else default
+
+
+FIRST_RETRY_SECONDS = _first_retry()
 MAX_RETRY_SECONDS = 3600.0
 # Without any wake-up, look at the directory this often (mails queued by a
 # process that could not reach the FIFO, an expired lock).
@@ -40,6 +49,9 @@ SCAN_SECONDS = 60.0
 BUSY_RETRY_SECONDS = 1.0
 # How often the runner checks that its master is still alive.
 PARENT_CHECK_SECONDS = 1.0
+# After the grace time: how long killed commands' attempts get to be recorded
+# (the master's STOP_MARGIN is the same).
+KILL_MARGIN_SECONDS = 2.0
 EXIT_OK, EXIT_FAILED = 0, 1
 DELIVERED, DEFERRED, FAILED, BUSY = "delivered", "deferred", "failed", "busy"
 
@@ -314,7 +326,7 @@ class Runner:
             log.info("queue runner stopping: %d deliveries running", len(self.attempts.running))
         if not self.attempts.wait_all(time.monotonic() + self.grace):
             self.attempts.stopper.fire("msmtpd is stopping and the grace time ran out")
-            self.attempts.wait_all(time.monotonic() + self.grace)
+            self.attempts.wait_all(time.monotonic() + KILL_MARGIN_SECONDS)
         return EXIT_OK
 
 

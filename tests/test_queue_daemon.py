@@ -349,3 +349,66 @@ def test_an_unwritable_queue_answers_451(tmp_path: Path) -> None:
     assert b"451 4.3.0 Cannot queue the message: Permission denied; try again later" in session.stdout
     assert b"250 2.0.0 OK\r\n221 " in session.stdout  # NOOP answered after it
     assert os.listdir(queue) == ["failed"]  # made by root at start-up; no mail, no temporary file
+
+
+def runner_of(master: int) -> Optional[int]:
+    runners = [pid for pid in children(master) if "queue runner" in cmdline_of(pid)]
+    assert len(runners) <= 1
+    return runners[0] if runners else None
+
+
+def commands_running(tmp_path: Path) -> List[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and str(tmp_path / "deliver.sh") in cmdline_of(int(entry)):
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def cmdline_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_killed_runner_is_replaced_and_its_command_ended(tmp_path: Path) -> None:
+    queue, log = tmp_path / "queue", tmp_path / "log"
+    (tmp_path / "slow").touch()
+    with Server([f"--queue={queue}", f"--command={command(tmp_path)}", f"--log={log}"],
+                env=FAST) as server:
+        send(server.port, ["hang@example.test"])
+        assert wait_until(lambda: (tmp_path / "started-hang@example.test").exists(), timeout=10)
+        first = runner_of(server.pid)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        # The master ends the orphaned command before a new runner may take the mail.
+        assert wait_until(lambda: not commands_running(tmp_path), timeout=10)
+        assert wait_until(lambda: runner_of(server.pid) not in (None, first), timeout=10)
+        (tmp_path / "slow").unlink()
+        (tmp_path / "busy-hang@example.test").rmdir()
+        assert wait_until(lambda: not queued(queue), timeout=20)
+        assert server.stop() == 0
+    assert len(delivered(tmp_path / "maildir")) == 1
+    text = log.read_text()
+    assert "queue runner ended (signal 9); replacing it" in text
+    assert "its queue runner died" in text
+
+
+def test_sigterm_kills_a_delivery_past_the_grace_time_and_keeps_the_mail(tmp_path: Path) -> None:
+    queue, log = tmp_path / "queue", tmp_path / "log"
+    (tmp_path / "slow").touch()
+    with Server([f"--queue={queue}", f"--command={command(tmp_path)}", f"--log={log}",
+                 "--timeout=1"], env=FAST) as server:
+        send(server.port, ["hang@example.test"])
+        assert wait_until(lambda: (tmp_path / "started-hang@example.test").exists(), timeout=10)
+        assert server.stop() == 0
+    assert commands_running(tmp_path) == []
+    [mail_id] = queued(queue)
+    fields = envelope(queue, mail_id)
+    assert fields["attempts"] == "1"
+    assert "delivery interrupted: msmtpd is stopping" in fields["last-error"]
+    assert delivered(tmp_path / "maildir") == []

@@ -157,27 +157,33 @@ class Attempts:
             envelope.last_try = now
             code = outcome.reply.code
             detail = summarise_stderr(outcome.stderr)
+            if not outcome.delivered:
+                envelope.last_error = outcome.status + (f"; {detail}" if detail else "")
+            give_up = ""
+            if code >= 500:
+                give_up = f"permanent failure: {outcome.status}"
+            elif not outcome.delivered and now - envelope.arrived >= self.lifetime:
+                give_up = (f"still undelivered after the queue lifetime of {self.lifetime:g} s:"
+                           f" {outcome.status}")
+            else:
+                envelope.next_try = now + retry_delay(envelope.attempts)
+            then = ("" if outcome.delivered or give_up
+                    else f"; next try in {envelope.next_try - now:.1f} s")
+            # One line per attempt, with the command's status.
             log.log(INFO if outcome.delivered else ERROR,
-                    "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s", mail_id,
+                    "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s%s", mail_id,
                     envelope.attempts, envelope.sender, summarise_recipients(envelope.recipients),
                     "delivered" if outcome.delivered else f"{code} not delivered", outcome.status,
-                    outcome.seconds, f"; stderr: {detail}" if detail else "")
+                    outcome.seconds, f"; stderr: {detail}" if detail else "", then)
             if outcome.delivered:
                 self.queue.remove(mail_id)
                 log.info("queue %s: delivered after %d attempt%s, %.0f s in the queue", mail_id,
                          envelope.attempts, "" if envelope.attempts == 1 else "s",
                          now - envelope.arrived)
                 return DELIVERED
-            envelope.last_error = outcome.status + (f"; {detail}" if detail else "")
-            if code >= 500:
-                return self._give_up(mail_id, envelope, f"permanent failure: {outcome.status}")
-            if now - envelope.arrived >= self.lifetime:
-                return self._give_up(mail_id, envelope,
-                                     f"still undelivered after the queue lifetime of"
-                                     f" {self.lifetime:g} s: {outcome.status}")
-            envelope.next_try = now + retry_delay(envelope.attempts)
+            if give_up:
+                return self._give_up(mail_id, envelope, give_up)
             self.queue.update(mail_id, envelope)
-            log.info("queue %s: deferred, next try in %.1f s", mail_id, envelope.next_try - now)
             return DEFERRED
 
     def _give_up(self, mail_id: str, envelope: Envelope, reason: str) -> str:

@@ -107,6 +107,9 @@ def test_a_mail_deferred_twice_arrives_once_after_retries(tmp_path: Path) -> Non
     assert text.count(f"queue {mail_id}: attempt ") == 3
     assert "451 not delivered, command exit status 75 (EX_TEMPFAIL)" in text
     assert f"queue {mail_id}: delivered after 3 attempts" in text
+    # One line when queued, one per attempt, one for the outcome.
+    assert len([line for line in text.splitlines() if mail_id in line]) == 5
+    assert "; next try in 0.2 s" in text
 
 
 def test_69_is_retried_and_1_moves_to_failed_at_once(tmp_path: Path) -> None:

@@ -275,7 +275,8 @@ class Runner:
                 logs.reopen()
             elif signum == signal.SIGUSR1:
                 self._scan()
-                self.forced = set(self.schedule)
+                # A mail being delivered right now has its attempt already.
+                self.forced = set(self.schedule) - set(self.attempts.running)
                 log.info("queue: trying all %d queued mails now", len(self.forced))
         return stop
 
@@ -352,13 +353,13 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # or the command's exit status is lost
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        from setproctitle import setproctitle  # imported while we may still read everything
+
+        setproctitle(f"msmtpd: queue runner {queue_dir}")
         if user is not None:
             from msmtpd import privileges
 
             privileges.drop(user)
-        from setproctitle import setproctitle
-
-        setproctitle(f"msmtpd: queue runner {queue_dir}")
         attempts = Attempts(Queue(queue_dir), command, timeout, lifetime, workers)
         code = Runner(attempts, master_pid, grace).serve()
     except BaseException as exc:

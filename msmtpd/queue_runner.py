@@ -275,8 +275,9 @@ class Runner:
                 logs.reopen()
             elif signum == signal.SIGUSR1:
                 self._scan()
-                # A mail being delivered right now has its attempt already.
-                self.forced = set(self.schedule) - set(self.attempts.running)
+                # A mail being delivered right now gets one more attempt after
+                # this one: its current one may have started before the request.
+                self.forced = set(self.schedule)
                 log.info("queue: trying all %d queued mails now", len(self.forced))
         return stop
 

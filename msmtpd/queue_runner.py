@@ -206,7 +206,10 @@ class Runner:
         self.forced: set[str] = set()  # SIGUSR1: try these at once, due or not
         self.flagged: List[int] = []
         self.last_scan = 0.0
+        self.last_tidy = 0.0
         self.lock_fd = -1
+        self.fifo = -1  # the wake-up FIFO, read while we hold the runner lock
+        self.sharing = False
 
     def _record(self, signum: int, frame: object) -> None:
         self.flagged.append(signum)  # only record; the loop does the work
@@ -219,9 +222,7 @@ class Runner:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._record)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1})
-        fifo = self._take_runner_lock()
-        self.queue.clean(time.time())
-        watch = [sig_r, self.attempts.done_r] + ([fifo] if fifo >= 0 else [])
+        self._tidy()
         log.info("queue runner %d on %s: %d mails queued", os.getpid(), self.queue.directory,
                  len(self.queue.ids()))
         while True:
@@ -231,36 +232,51 @@ class Runner:
             wait = PARENT_CHECK_SECONDS
             if not self.attempts.full and self.schedule:
                 wait = min(wait, min(self.schedule.values()) - time.time())
+            watch = [sig_r, self.attempts.done_r] + ([self.fifo] if self.fifo >= 0 else [])
             try:
                 ready, _, _ = select.select(watch, [], [], max(wait, 0.01))
             except InterruptedError:
                 ready = []
             for fd in ready:
                 _drain(fd)
-                if fd == fifo:
+                if fd == self.fifo:
                     self.last_scan = 0.0  # a new mail: look now
 
-    def _take_runner_lock(self) -> int:
-        """The runner lock tells --queue-flush which process to ask; a
-        second daemon on the same DIR runs without it (and without the
-        FIFO): the per-mail locks keep the two apart."""
+    def _tidy(self) -> None:
+        """Now and then: take the runner lock if we run without it, and
+        remove what crashes left in DIR."""
+        self.last_tidy = time.time()
+        if self.fifo < 0:
+            self._take_runner_lock()
+        self.queue.clean(self.last_tidy)
+
+    def _take_runner_lock(self) -> None:
+        """The runner lock tells --queue-flush which process to ask, and
+        goes with the wake-up FIFO.  A second daemon on the same DIR runs
+        without them (the per-mail locks keep the two apart) and takes them
+        over when the first is gone."""
         import fcntl
 
-        self.lock_fd = os.open(os.path.join(self.queue.directory, RUNNER_LOCK),
-                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self.lock_fd < 0:
+            self.lock_fd = os.open(os.path.join(self.queue.directory, RUNNER_LOCK),
+                                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            log.error("queue %s is served by another runner as well; sharing it",
-                      self.queue.directory)
-            return -1
+            if not self.sharing:
+                log.error("queue %s is served by another runner as well; sharing it",
+                          self.queue.directory)
+            self.sharing = True
+            return
         os.ftruncate(self.lock_fd, 0)
         os.write(self.lock_fd, f"{os.getpid()}\n".encode())
-        fifo = os.open(make_fifo(self.queue.directory), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fifo = make_fifo(self.queue.directory)
+        self.fifo = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         # Our own writer keeps the FIFO from reading as "end of file" forever.
-        self._fifo_writer = os.open(os.path.join(self.queue.directory, ".wake"),
-                                    os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        return fifo
+        self._fifo_writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.sharing:
+            log.info("queue %s: runner %d takes over the wake-ups", self.queue.directory,
+                     os.getpid())
 
     def _handle_signals(self) -> bool:
         """True when the runner must stop (SIGTERM, or the master is gone)."""
@@ -298,6 +314,8 @@ class Runner:
 
     def _dispatch(self) -> None:
         now = time.time()
+        if now - self.last_tidy >= SCAN_SECONDS:
+            self._tidy()
         if now - self.last_scan >= SCAN_SECONDS or not self.last_scan:
             self._scan()
         self._note_results()

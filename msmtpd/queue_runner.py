@@ -95,6 +95,7 @@ class Attempts:
         self.stopper = Stopper()
         self.running: Dict[str, threading.Thread] = {}
         self.results: Dict[str, str] = {}
+        self.next_tries: Dict[str, float] = {}  # of deferred mails, also when the disk is full
         self.done_r, self._done_w = os.pipe()
         os.set_blocking(self.done_r, False)
 
@@ -183,7 +184,11 @@ class Attempts:
                 return DELIVERED
             if give_up:
                 return self._give_up(mail_id, envelope, give_up)
-            self.queue.update(mail_id, envelope)
+            self.next_tries[mail_id] = envelope.next_try
+            try:
+                self.queue.update(mail_id, envelope)
+            except OSError as exc:  # the old envelope stays; the back-off holds all the same
+                log.error("queue %s: cannot record the attempt: %s", mail_id, exc.strerror or exc)
             return DEFERRED
 
     def _give_up(self, mail_id: str, envelope: Envelope, reason: str) -> str:
@@ -335,9 +340,9 @@ class Runner:
             if result in (DELIVERED, FAILED):
                 self.schedule.pop(mail_id, None)
             elif result == DEFERRED:
-                envelope = self.queue.envelope(mail_id)
-                if envelope is not None and mail_id in self.schedule:
-                    self.schedule[mail_id] = envelope.next_try
+                next_try = self.attempts.next_tries.pop(mail_id, None)
+                if next_try is not None and mail_id in self.schedule:
+                    self.schedule[mail_id] = next_try
             else:  # BUSY: another process has it, or it was not due after all
                 envelope = self.queue.envelope(mail_id)
                 if envelope is None:

@@ -160,3 +160,13 @@ def test_help_lists_the_queue_options() -> None:
     for option in ("--queue=DIR", "--queue-workers=N", "--queue-lifetime=", "--queue-list",
                    "--queue-flush"):
         assert option in result.stdout
+
+
+def test_queue_list_shows_hostile_values_escaped_on_one_line(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path)
+    queue.store(Envelope("evil\nforged 1 queued", ["b@x.test\r\nmore"], 1.0, "c"), b"m\n")
+    result = subprocess.run([program("msmtpd"), f"--queue={queue.directory}", "--queue-list"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1
+    assert "<evil\\x0aforged 1 queued> -> <b@x.test\\x0d\\x0amore>" in result.stdout

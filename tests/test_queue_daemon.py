@@ -415,3 +415,17 @@ def test_sigterm_kills_a_delivery_past_the_grace_time_and_keeps_the_mail(tmp_pat
     assert fields["attempts"] == "1"
     assert "delivery interrupted: msmtpd is stopping" in fields["last-error"]
     assert delivered(tmp_path / "maildir") == []
+
+
+def test_sighup_makes_the_runner_reopen_the_log(tmp_path: Path) -> None:
+    queue, log = tmp_path / "queue", tmp_path / "log"
+    with Server([f"--queue={queue}", f"--command={command(tmp_path)}", f"--log={log}"]) as server:
+        assert wait_until(lambda: log.exists() and "queue runner" in log.read_text(), timeout=10)
+        log.rename(tmp_path / "log.1")
+        os.kill(server.pid, signal.SIGHUP)
+        assert wait_until(log.exists, timeout=10)
+        time.sleep(0.5)  # the runner has had its SIGHUP
+        mail_id = send(server.port, ["rotated@example.test"]).rsplit(" ", 1)[1]
+        assert wait_until(lambda: f"queue {mail_id}: delivered" in log.read_text(), timeout=10)
+        assert server.stop() == 0
+    assert mail_id not in (tmp_path / "log.1").read_text()

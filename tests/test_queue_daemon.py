@@ -109,7 +109,9 @@ def test_a_mail_deferred_twice_arrives_once_after_retries(tmp_path: Path) -> Non
     assert f"queue {mail_id}: delivered after 3 attempts" in text
     # One line when queued, one per attempt, one for the outcome.
     assert len([line for line in text.splitlines() if mail_id in line]) == 5
-    assert "; next try in 0.2 s" in text
+    # Back-off: the first retry after the (shortened) first delay, then doubled.
+    assert f"queue {mail_id}: attempt 1: " in text.split("; next try in 0.2 s")[0]
+    assert f"queue {mail_id}: attempt 2: " in text.split("; next try in 0.4 s")[0]
 
 
 def test_69_is_retried_and_1_moves_to_failed_at_once(tmp_path: Path) -> None:
@@ -429,3 +431,26 @@ def test_sighup_makes_the_runner_reopen_the_log(tmp_path: Path) -> None:
         assert wait_until(lambda: f"queue {mail_id}: delivered" in log.read_text(), timeout=10)
         assert server.stop() == 0
     assert mail_id not in (tmp_path / "log.1").read_text()
+
+
+def test_the_queue_directory_is_made_for_the_sessions_user(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the session as nobody")
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="msmtpd-queue-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        queue = shared / "queue"
+        session = run_inetd([f"--queue={queue}", "--user=nobody", "--command=/bin/true"],
+                            b"EHLO x\r\nMAIL FROM:<s@example.test>\r\nRCPT TO:<a@example.test>\r\n"
+                            b"DATA\r\nx\r\n.\r\nQUIT\r\n")
+        assert b"250 2.0.0 OK, queued as " in session.stdout, session.stdout
+        assert queue.stat().st_uid == nobody.pw_uid and stat_mode(queue) == 0o700
+        [mail_id] = queued(queue)
+        assert (queue / f"{mail_id}.msg").stat().st_uid == nobody.pw_uid
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

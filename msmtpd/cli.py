@@ -19,8 +19,10 @@ from msmtpd.config import (
     DEFAULT_INTERFACE,
     DEFAULT_MAX_SESSIONS,
     DEFAULT_PORT,
+    DEFAULT_QUEUE_WORKERS,
     DEFAULT_SPARE_WORKERS,
     DEFAULT_TIMEOUT,
+    MAX_QUEUE_WORKERS,
     MAX_SESSIONS,
     MAX_SIZE,
     Config,
@@ -28,6 +30,7 @@ from msmtpd.config import (
     parse_auth,
     parse_count,
     parse_directory,
+    parse_duration,
     parse_interface,
     parse_port,
     parse_seconds,
@@ -98,10 +101,22 @@ Options:
   --idle-exit=SECONDS    with sockets from systemd (LISTEN_FDS) or inetd
                          (wait = yes): exit after this long without a session
                          (default: never)
+  --queue=DIR            store and forward: answer 250 once a mail is safe
+                         in DIR (created if missing), deliver from there
+                         with --command, retrying temporary failures
+  --queue-workers=N      deliveries from the queue at once
+                         (default {DEFAULT_QUEUE_WORKERS})
+  --queue-lifetime=TIME  give up on a mail queued this long; seconds, or
+                         with s, m, h, d (default 5d)
+  --queue-list           list the queued and failed mails of --queue, exit
+  --queue-flush          try every queued mail now, once (through the daemon
+                         on DIR if one runs); exit 0 if the queue is then
+                         empty, 75 if mails remain
   --check                connect to the first --interface and --port, send
                          EHLO and QUIT, exit 0 if all answered 2xx, else 1
 Exit status: 0 success, 1 an --inetd session that did not end with QUIT
-or a failed --check, 3 usage or start-up error.
+or a failed --check, 3 usage or start-up error; --queue-flush: 75 when
+mails remain queued.
 """
 
 
@@ -110,11 +125,12 @@ class UsageError(Exception):
 
 
 FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
-         "--tls-implicit", "--tls-required", "--check")
+         "--tls-implicit", "--tls-required", "--check",
+         "--queue-list", "--queue-flush")
 VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
                  "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers",
-                 "--auth-file", "--allow")
+                 "--auth-file", "--allow", "--queue", "--queue-workers", "--queue-lifetime")
 OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
@@ -187,7 +203,17 @@ SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--idle-exit": ("idle_exit", parse_seconds),
     "--spare-workers": ("spare_workers", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
     "--auth-file": ("auth_file", _text),
+    "--queue": ("queue", lambda value, option: _absolute(value)),
+    "--queue-workers": ("queue_workers",
+                        lambda value, option: parse_count(value, option, 1, MAX_QUEUE_WORKERS)),
+    "--queue-lifetime": ("queue_lifetime", parse_duration),
 }
+
+
+def _absolute(path: str) -> str:
+    import os
+
+    return os.path.abspath(path)  # a daemon changes its working directory
 
 
 def parse_args(argv: Sequence[str]) -> Config:
@@ -229,7 +255,18 @@ def parse_args(argv: Sequence[str]) -> Config:
                               ("--tls-required", config.tls_required)):
             if given:
                 raise UsageError(f"{option} needs --tls-cert")
+    _check_queue_options(config)
     return config
+
+
+def _check_queue_options(config: Config) -> None:
+    if config.queue_list and config.queue_flush:
+        raise UsageError("--queue-list and --queue-flush cannot be combined")
+    if config.queue is None:
+        for option, given in (("--queue-list", config.queue_list),
+                              ("--queue-flush", config.queue_flush)):
+            if given:
+                raise UsageError(f"{option} needs --queue=DIR")
 
 
 def fail(message: str) -> int:
@@ -251,6 +288,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from msmtpd.check import run_check
 
         return run_check(config)
+    if config.queue_list or config.queue_flush:
+        from msmtpd.queue_cli import run_queue_command
+
+        try:
+            return run_queue_command(config)
+        except (UsageError, ConfigError) as exc:
+            return fail(str(exc))
     try:
         tls_context = None
         if config.tls_cert is not None:  # read before binding, detaching or dropping privileges

@@ -21,6 +21,10 @@ DEFAULT_SPARE_WORKERS = 2
 MAX_SECONDS = 365 * 24 * 3600
 MAX_SESSIONS = 1024
 MAX_SIZE = 2**63 - 1  # what a client can parse from EHLO's SIZE
+DEFAULT_QUEUE_WORKERS = 2
+MAX_QUEUE_WORKERS = 64
+# Postfix's maximal_queue_lifetime: 5 days.
+DEFAULT_QUEUE_LIFETIME = 5 * 24 * 3600.0
 
 
 def is_number(text: str) -> bool:
@@ -63,6 +67,12 @@ class Config:
         self.auth_file: Optional[str] = None
         self.allow: List[Any] = []  # ipaddress networks, from msmtpd.allow.parse_network
         self.check = False
+        # --queue (store and forward) and its companions
+        self.queue: Optional[str] = None
+        self.queue_workers = DEFAULT_QUEUE_WORKERS
+        self.queue_lifetime = DEFAULT_QUEUE_LIFETIME
+        self.queue_list = False
+        self.queue_flush = False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)
@@ -122,3 +132,15 @@ def parse_auth(text: str) -> tuple[str, Optional[str]]:
     if comma and not passwordeval.strip():
         raise ConfigError("invalid --auth: the passwordeval command after ',' is empty")
     return user, (passwordeval if comma else None)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds, or a number with s, m, h or d (``5d``), as Postfix's time values."""
+    unit = DURATION_UNITS.get(text[-1:].lower()) if text else None
+    seconds = parse_seconds(text[:-1] if unit else text, option) * (unit or 1)
+    if seconds > MAX_SECONDS:
+        raise ConfigError(f"invalid {option} '{text}': at most {MAX_SECONDS} seconds")
+    return seconds

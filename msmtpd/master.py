@@ -53,6 +53,8 @@ SURPLUS_IDLE_SECONDS = float(os.environ.get("MSMTPD_SURPLUS_IDLE_SECONDS", "60")
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
                 signal.SIGCHLD: "chld"}
+SIGNAL_NAMES[signal.SIGUSR1] = "usr1"  # --queue: retry the queued mails now
+RUNNER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
 class Halt(Exception):
@@ -93,6 +95,10 @@ class Master:
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
         self.surplus_since: Optional[float] = None
+        self.runner_pid: Optional[int] = None  # --queue: the queue runner
+        self.runner_started = 0.0
+        self.runner_deaths = 0
+        self.runner_next_spawn = 0.0
 
     # -- life cycle -------------------------------------------------------
 
@@ -106,6 +112,7 @@ class Master:
             gc.collect()
             gc.freeze()  # keep the pages the workers inherit shared
             self._spawn_missing()
+            self._supervise_runner()
             self._wait_for_boot()
             self._notify_ready("ready")
             self.status.ready()
@@ -145,6 +152,7 @@ class Master:
         self._read_status()
         self.reap()
         self._spawn_missing()
+        self._supervise_runner()
         self._let_surplus_go()
         self._watch_sessions()
 
@@ -157,7 +165,8 @@ class Master:
         now = time.monotonic()
         if busy or select.select(self.sockets, [], [], 0)[0]:
             self.last_busy = now
-        elif self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit:
+        elif (self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit
+              and not self._queue_holds_mail()):
             log.info("no session for %g s: exiting until the next connection", self.config.idle_exit)
             self.status.stopping()
             self._stop_workers(graceful=True)
@@ -204,6 +213,7 @@ class Master:
         _hand_log_to_user(self.config)
         for pid in list(self.workers):
             _kill(pid, signal.SIGHUP)
+        self._signal_runner(signal.SIGHUP)
         if reload_settings(self.config, self.service.settings):
             self._renew_workers()
         self.status.reloaded()
@@ -236,6 +246,9 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.runner_pid:
+                self._runner_ended(status)
+                continue
             started = self.workers.pop(pid, None)
             if started is None:
                 continue  # an orphan we adopted as subreaper, now reaped
@@ -275,7 +288,7 @@ class Master:
         many commands were killed (and are still to be reaped)."""
         killed = 0
         for pid in _children():
-            if pid in self.workers or _is_zombie(pid):
+            if pid in self.workers or pid == self.runner_pid or _is_zombie(pid):
                 continue  # a command that already finished is merely reaped
             try:
                 if os.getpgid(pid) != pid:
@@ -386,21 +399,95 @@ class Master:
             sock.close()
         for pid in list(self.workers):
             _kill(pid, signal.SIGTERM)
+        self._signal_runner(signal.SIGTERM)
         grace = self.config.timeout + STOP_MARGIN if graceful else 1.0
         deadline = time.monotonic() + grace
-        while self.workers and time.monotonic() < deadline:
+        while (self.workers or self.runner_pid) and time.monotonic() < deadline:
             self._sleep(0.05)
             self.reap()
         for pid in list(self.workers):
             log.error("worker %d did not stop in time; killing it", pid)
             _kill(pid, signal.SIGKILL)
+        if self.runner_pid is not None:
+            log.error("queue runner %d did not stop in time; killing it", self.runner_pid)
+            self._signal_runner(signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT
         while time.monotonic() < deadline:
             self.reap()
             left = self._end_orphaned_commands("msmtpd is stopping and its worker is gone")
-            if not self.workers and not left:
+            if not self.workers and not self.runner_pid and not left:
                 break
             self._sleep(0.05)
+
+    # -- the queue runner (--queue) -----------------------------------------
+
+    def handle_usr1(self) -> None:
+        """Retry every queued mail now: the runner does it."""
+        if self.runner_pid is not None:
+            log.info("SIGUSR1: asking the queue runner to try every queued mail now")
+            self._signal_runner(signal.SIGUSR1)
+
+    def _queue_holds_mail(self) -> bool:
+        """With --idle-exit a pool stays while its queue has mail to deliver."""
+        if self.config.queue is None:
+            return False
+        try:
+            return any(name.endswith(".env") for name in os.listdir(self.config.queue))
+        except OSError:
+            return False
+
+    def _signal_runner(self, signum: int) -> None:
+        if self.runner_pid is not None:
+            _kill(self.runner_pid, signum)
+
+    def _supervise_runner(self) -> None:
+        """With --queue, keep one runner alive; one that dies is replaced,
+        after 0.1 s, 0.2 s ... up to MAX_RESPAWN_DELAY when it dies young."""
+        if (self.config.queue is None or self.stopping or self.runner_pid is not None
+                or time.monotonic() < self.runner_next_spawn):
+            return
+        from msmtpd.queue_runner import run_runner
+
+        # As for workers: its handlers are not installed yet; it unblocks.
+        signal.pthread_sigmask(signal.SIG_BLOCK, RUNNER_SIGNALS)
+        pid = os.fork()
+        if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, RUNNER_SIGNALS)
+            self.runner_pid = pid
+            self.runner_started = time.monotonic()
+            return
+        try:
+            signal.set_wakeup_fd(-1)
+            for fd in (self.wake_r, self.wake_w, self.status_r, self.status_w):
+                os.close(fd)
+            for sock in self.sockets:
+                sock.close()
+            if self.ready_fd is not None:
+                os.close(self.ready_fd)
+            if self.pidfile is not None and self.pidfile.fd is not None:
+                os.close(self.pidfile.fd)
+            run_runner(self.config.queue, self.service.command, self.config.command_timeout,
+                       self.config.queue_lifetime, self.config.queue_workers, self.config.timeout,
+                       self.config.user, os.getppid())
+        finally:
+            os._exit(EXIT_BOOT_ERROR)
+
+    def _runner_ended(self, status: int) -> None:
+        """Reaped: its deliveries' commands are ours now and must end before
+        a new runner may take their mails again."""
+        self.runner_pid = None
+        if self.stopping:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit status {code}" if code >= 0 else f"signal {-code}"
+        log.error("queue runner ended (%s); replacing it", how)
+        self._end_orphaned_commands("its queue runner died")
+        if time.monotonic() - self.runner_started < BOOT_GRACE_SECONDS * 5:
+            self.runner_deaths += 1
+            delay = min(0.1 * 2 ** (self.runner_deaths - 1), MAX_RESPAWN_DELAY)
+            self.runner_next_spawn = time.monotonic() + delay
+        else:
+            self.runner_deaths = 0
 
     def _notify_ready(self, message: str) -> None:
         if self.ready_fd is None:

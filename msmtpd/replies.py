@@ -91,3 +91,7 @@ ACCESS_DENIED = Reply(554, "5.7.1 Access denied")
 DELIVERED = Reply(250, "2.0.0 OK, mail was handed to the delivery command")
 DELIVERY_TEMPFAIL = Reply(451, "4.3.0 Delivery failed temporarily: {why}; try again later")
 DELIVERY_FAILED = Reply(554, "5.3.0 Delivery failed: {why}")
+
+# --queue: 250 only once the mail is on disk; 451 when it cannot be stored.
+QUEUED = Reply(250, "2.0.0 OK, queued as {id}")
+QUEUE_FAILED = Reply(451, "4.3.0 Cannot queue the message: {reason}; try again later")

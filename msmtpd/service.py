@@ -10,6 +10,7 @@ from msmtpd.config import Config, ConfigError
 from msmtpd.connection import Connection
 from msmtpd.delivery import Deliverer, Interrupt, PipeCommand
 from msmtpd.session import Session, Settings
+from msmtpd.session_types import Deliver
 
 if TYPE_CHECKING:
     import logging
@@ -39,7 +40,13 @@ class Service:
 
     def session(self, connection: Connection, peer: str,
                 interrupt: Optional[Interrupt] = None) -> Session:
-        deliver = Deliverer(self.command, self.config.command_timeout, peer, interrupt)
+        deliver: Deliver
+        if self.config.queue is not None:
+            from msmtpd.queue_store import Queue, Queuer
+
+            deliver = Queuer(Queue(self.config.queue), peer)
+        else:
+            deliver = Deliverer(self.command, self.config.command_timeout, peer, interrupt)
         return Session(connection, self.settings, deliver, peer)
 
 
@@ -58,6 +65,13 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
         except OSError as exc:
             raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
         logs.install(handler)
+    if config.queue is not None:  # before --user drops the right to create it
+        from msmtpd.queue_store import QueueError, prepare_directory
+
+        try:
+            prepare_directory(config.queue, config.user)
+        except QueueError as exc:
+            raise ConfigError(str(exc)) from None
     settings = Settings(hostname=socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir,
                         shell_safe=config.shell_safe_addresses, tls=tls_context,

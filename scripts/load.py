@@ -24,7 +24,13 @@ and, with ``--retries``, send the mail again with the same Message-ID (an
 Exit status: 0 when nothing was lost, duplicated, unexpected, damaged or
 delivered against a refusal; 1 otherwise; 2 for a usage or start-up error.
 
-``load.py --store DIR [-f SENDER] [--] RECIPIENT...`` is the tool's own tiny
+With ``--queue`` the started msmtpd runs with ``--queue`` and a delivery
+command that defers (exit 75) ``--fail-rate`` of its attempts (default
+half): every mail answered 250 must still arrive exactly once, after the
+runner's retries (shortened by MSMTPD_QUEUE_RETRY_SECONDS); the tool waits
+until the queue is empty before it counts.
+
+``load.py --store DIR [--fail-rate R] [-f SENDER] [--] RECIPIENT...`` is the tool's own tiny
 delivery command (Maildir layout, like msmtpd-maildir but with a much
 cheaper start: it imports nothing but os and sys).
 
@@ -32,6 +38,7 @@ Examples::
 
     scripts/load.py --start --mails 2000 --concurrency 32 --max-sessions 16
     scripts/load.py --start --mails 300 --kill-workers 2 --retries 2 --json
+    scripts/load.py --start --queue --mails 2000 --concurrency 32 --fail-rate 0.5
     scripts/load.py --host 127.0.0.1 --port 2525 --maildir ~/msmtpd-mail --mails 100
 """
 
@@ -51,6 +58,12 @@ def store_main(args: list[str]) -> int:
         sys.stderr.write("usage: load.py --store DIRECTORY [-f SENDER] [--] RECIPIENT...\n")
         return EX_USAGE
     directory, rest = args[0], args[1:]
+    if rest[:1] == ["--fail-rate"] and len(rest) >= 2:
+        # --queue mode: defer this share of the attempts (75) before storing.
+        rate, rest = float(rest[1]), rest[2:]
+        if int.from_bytes(os.urandom(2), "big") / 65536 < rate:
+            sys.stderr.write("load.py --store: deferred on purpose (--fail-rate)\n")
+            return EX_TEMPFAIL
     sender = None
     if rest[:1] == ["-f"] and len(rest) >= 2:
         sender, rest = rest[1], rest[2:]
@@ -505,9 +518,23 @@ class StartedServer:
                      f"--max-sessions={options.max_sessions}", f"--command={command}",
                      f"--log={self.log}", f"--timeout={max(1, int(options.timeout))}",
                      f"--command-timeout={max(1, int(options.timeout))}"]
+        env = None
+        self.queue: Optional[Path] = None
+        if options.queue:
+            self.queue = workdir / "queue"
+            self.argv += [f"--queue={self.queue}", f"--queue-workers={options.queue_workers}"]
+            env = dict(os.environ, MSMTPD_QUEUE_RETRY_SECONDS=str(options.queue_retry))
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=stderr)
+                                            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+
+    def queued(self) -> Tuple[int, int]:
+        """Mails in the queue and in its failed/."""
+        if self.queue is None:
+            return 0, 0
+        def count(where: Path) -> int:
+            return sum(1 for p in where.glob("*.env")) if where.is_dir() else 0
+        return count(self.queue), count(self.queue / "failed")
 
     def wait_ready(self, timeout: float) -> None:
         """Until a worker greets (and the master has its whole pool)."""
@@ -714,7 +741,7 @@ def summary(report: Dict[str, Any]) -> str:
              f"{report['per_session']} per session, {report['retries']} retries"]
     if report["server"]["started"]:
         lines.append(f"  server: msmtpd --max-sessions={report['server']['max_sessions']}, "
-                     f"store: {report['store']}")
+                     f"store: {report['store']}" + (", --queue" if "queue" in report else ""))
     lines.append(f"  {counts['acknowledged']} answered 250, {counts['not_acknowledged']} not "
                  f"acknowledged, {counts['never_sent']} never sent; {counts['attempts']} attempts "
                  f"in {report['sessions']} sessions ({report['session_failures']} failed to start)")
@@ -727,6 +754,11 @@ def summary(report: Dict[str, Any]) -> str:
     if kills["rate"]:
         lines.append(f"  workers killed: {kills['done']} ({kills['while_delivering']} while delivering, "
                      f"{kills['missed']} missed)")
+    queue = report.get("queue")
+    if queue:
+        lines.append(f"  queue: emptied in {queue['drain_seconds']:.2f} s after the load, "
+                     f"{queue['attempts']} delivery attempts, {queue['left']} left, "
+                     f"{queue['failed']} failed")
     lines.append(f"  store: {verdict['files']} files; {verdict['delivered_once']} acknowledged mails "
                  f"stored exactly once")
     for key, text in (("lost", "lost (answered 250, not stored)"),
@@ -788,6 +820,15 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="timeout of every socket operation, in seconds (default 30)")
     parser.add_argument("--deadline", type=float, default=300.0,
                         help="stop everything after this many seconds (default 300)")
+    parser.add_argument("--queue", action="store_true",
+                        help="the started msmtpd stores and forwards (--queue); wait until its "
+                        "queue is empty before counting")
+    parser.add_argument("--fail-rate", type=float, default=0.5,
+                        help="with --queue: share of delivery attempts deferred with 75 (default 0.5)")
+    parser.add_argument("--queue-workers", type=int, default=4,
+                        help="with --queue: --queue-workers of the started msmtpd (default 4)")
+    parser.add_argument("--queue-retry", type=float, default=0.1,
+                        help="with --queue: first retry delay in seconds (default 0.1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON report on stdout (the summary goes to stderr)")
@@ -798,6 +839,10 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error("--size, --timeout, --deadline and --kill-workers must be positive")
     if not options.start and options.maildir is None:
         parser.error("give --start, or --maildir with the store of the running msmtpd")
+    if options.queue and (not options.start or options.store_with != "self"):
+        parser.error("--queue needs --start with the tool's own store")
+    if not 0 <= options.fail_rate < 1 or options.queue_workers < 1 or options.queue_retry <= 0:
+        parser.error("--fail-rate must be from 0 to under 1, --queue-workers and --queue-retry positive")
     if options.kill_workers and not options.start:
         parser.error("--kill-workers needs --start (it kills workers of the msmtpd it started)")
     if options.start:
@@ -812,7 +857,8 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
 def delivery_command(options: argparse.Namespace, maildir: Path) -> str:
     if options.store_with == "maildir":
         return f"{BIN / 'msmtpd-maildir'} {maildir} -f %F --"
-    return f"{sys.executable} -I -S {SCRIPT} --store {maildir} -f %F --"
+    rate = f" --fail-rate {options.fail_rate:g}" if options.queue else ""
+    return f"{sys.executable} -I -S {SCRIPT} --store {maildir}{rate} -f %F --"
 
 
 def run(options: argparse.Namespace) -> Dict[str, Any]:
@@ -868,6 +914,10 @@ def run(options: argparse.Namespace) -> Dict[str, Any]:
             thread.join(max(0.1, min(options.timeout, deadline + 5 - time.monotonic())))
         if killer_thread is not None:
             killer_thread.join(5)
+        if server is not None and options.queue:
+            report["queue"] = drain(server, deadline)
+            if report["queue"]["left"]:
+                report["stopped"] = report["stopped"] or "the queue did not empty before the deadline"
         report["server"] = {"started": server is not None, "max_sessions": options.max_sessions}
         if server is not None:
             report["server"]["workers_at_end"] = len(workers_of(server.process.pid))
@@ -924,6 +974,22 @@ def run(options: argparse.Namespace) -> Dict[str, Any]:
                 report["kept"] = str(workdir)
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+
+def drain(server: StartedServer, deadline: float) -> Dict[str, Any]:
+    """Wait for the queue runner to deliver everything queued."""
+    began = time.monotonic()
+    left, failed = server.queued()
+    while left and time.monotonic() < deadline and server.process.poll() is None:
+        time.sleep(0.1)
+        left, failed = server.queued()
+    attempts = 0
+    try:
+        attempts = server.log.read_text(errors="replace").count(": attempt ")
+    except OSError:
+        pass
+    return {"left": left, "failed": failed, "drain_seconds": round(time.monotonic() - began, 3),
+            "attempts": attempts}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -111,3 +111,22 @@ def test_the_check_catches_a_store_that_misbehaves(tmp_path: Path, mode: str, pr
     assert report["verdict"][problem] == count, report["summary"]
     assert report["ok"] is False
     assert report["exit_status"] == 1
+
+
+def test_with_a_queue_every_250_is_delivered_once_though_half_the_attempts_defer() -> None:
+    """The store-and-forward check: every acknowledged mail delivered, none
+    lost, none twice, while the command defers (75) half its attempts.  The
+    full run (2000 mails, 32 sessions) is the README's manual command."""
+    report = load(["--start", "--queue", "--fail-rate", "0.5", "--mails", "300",
+                   "--concurrency", "16", "--max-sessions", "16", "--deadline", "120"])
+    verdict = report["verdict"]
+    assert report["stopped"] == "", report["summary"]
+    assert report["mails"]["acknowledged"] == 300, report["summary"]
+    assert report["queue"]["left"] == 0 and report["queue"]["failed"] == 0
+    # Half the attempts defer: the runner needed retries to get them all in.
+    assert report["queue"]["attempts"] > 300
+    assert verdict["delivered_once"] == 300 and verdict["files"] == 300
+    for problem in ("lost", "duplicated", "unexpected", "corrupt", "premature", "refused_delivered"):
+        assert verdict[problem] == 0, (problem, report["problems"])
+    assert report["server"]["exit_status"] == 0
+    assert report["exit_status"] == 0

@@ -382,7 +382,9 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         setproctitle(f"msmtpd: queue runner {queue_dir}")
         if user is not None:
             from msmtpd import privileges
+            from msmtpd.queue_store import import_late_modules
 
+            import_late_modules()
             privileges.drop(user)
         attempts = Attempts(Queue(queue_dir), command, timeout, lifetime, workers)
         code = Runner(attempts, master_pid, grace).serve()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import smtplib
+import subprocess
 from pathlib import Path
 from typing import List
 
@@ -65,3 +66,47 @@ def test_an_inetd_session_as_nobody_serves_auth_and_big_mail(tmp_path: Path) -> 
     assert codes == ["220", "250", "235", "250", "250", "354", "250", "221"], (out[-300:], err)
     assert process.returncode == 0
     assert "error:" not in log.read_text()
+
+
+DEFER_ONCE = """#!/bin/sh
+cat > /dev/null
+[ -e {dir}/deferred ] && {{ touch {dir}/delivered; exit 0; }}
+touch {dir}/deferred
+exit 75
+"""
+
+
+def test_the_queue_runner_and_a_flush_as_nobody_read_envelopes_back(tmp_path: Path) -> None:
+    """A deferred mail's envelope is read back (its times parsed) after the drop."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="msmtpd-nobody-", dir="/tmp"))
+    try:
+        shared.chmod(0o777)
+        script = shared / "deliver.sh"
+        script.write_text(DEFER_ONCE.format(dir=shared))
+        script.chmod(0o755)
+        queue, log = shared / "queue", tmp_path / "queue.log"
+        env = dict(os.environ, MSMTPD_QUEUE_RETRY_SECONDS="0.2")
+        with helpers.Server([f"--queue={queue}", "--user=nobody", f"--command={script}",
+                             f"--log={log}"], env=env) as server:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=WAIT) as smtp:
+                assert smtp.sendmail("a@example.org", ["b@example.org"], "Subject: q\r\n\r\nhi\r\n") == {}
+            assert helpers.wait_until(lambda: (shared / "delivered").exists(), WAIT), log.read_text()
+        text = log.read_text()
+        assert "delivered after 2 attempts" in text and "failed" not in text, text
+        # The same without a daemon: a mail deferred by an --inetd session's flush.
+        for name in ("deferred", "delivered"):
+            (shared / name).unlink()
+        conversation = (b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+                        b"DATA\r\nhi\r\n.\r\nQUIT\r\n")
+        stored = helpers.run_inetd([f"--queue={queue}", "--user=nobody"], conversation)
+        assert b"queued as" in stored.stdout
+        args = [helpers.program("msmtpd"), f"--queue={queue}", "--user=nobody", f"--command={script}"]
+        first = subprocess.run([*args, "--queue-flush"], capture_output=True, text=True, timeout=WAIT)
+        second = subprocess.run([*args, "--queue-flush"], capture_output=True, text=True, timeout=WAIT)
+        assert (first.returncode, second.returncode) == (75, 0), (first.stderr, second.stderr)
+        assert (shared / "delivered").exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 from typing import List
 
-from msmtpd.config import ConfigError
+from msmtpd.config import Config, ConfigError
+from msmtpd.log import log
 
 # Connections beyond the busy workers wait in the kernel's queue.
 BACKLOG = max(socket.SOMAXCONN, 128)
@@ -67,3 +68,13 @@ def reachable_from_outside(sockets: List[socket.socket]) -> List[str]:
             continue
         open_ones.append(describe([sock]))
     return open_ones
+
+
+def warn_if_open(config: Config, sockets: List[socket.socket]) -> None:
+    """One warning per listening address others can reach, when nothing
+    restricts who may send."""
+    if config.auth_user is not None or config.auth_file is not None or config.allow:
+        return
+    for where in reachable_from_outside(sockets):
+        log.warning("anyone who can reach %s can send mail through msmtpd:"
+                    " use --allow, --auth or --auth-file to restrict it", where)

@@ -13,7 +13,6 @@ delivery command it leaves behind, and leave only when no child is left.
 
 from __future__ import annotations
 
-import errno
 import gc
 import mmap
 import os
@@ -25,14 +24,16 @@ import time
 from typing import Any, Dict, List, Optional
 
 from msmtpd import privileges
+from msmtpd.children import EXIT_BOOT_ERROR, become_subreaper, children, fork_child, is_zombie, kill
 from msmtpd.config import Config, is_number
-from msmtpd.listen import describe, reachable_from_outside
+from msmtpd.listen import describe, warn_if_open
 from msmtpd.log import ERROR, INFO, log
 from msmtpd.pidfile import PidFile
 from msmtpd.reload import reload_settings
+from msmtpd.runner_keeper import RunnerKeeper
 from msmtpd.service import Service, prepare
 from msmtpd.systemd import Status
-from msmtpd.worker import BUSY, EXIT_BOOT_ERROR, IDLE, Worker, _title
+from msmtpd.worker import BUSY, IDLE, Worker, _title
 
 # A worker that dies sooner than this after its start counts as a boot failure ...
 BOOT_GRACE_SECONDS = 1.0
@@ -54,7 +55,6 @@ WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
                 signal.SIGCHLD: "chld"}
 SIGNAL_NAMES[signal.SIGUSR1] = "usr1"  # --queue: retry the queued mails now
-RUNNER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
 class Halt(Exception):
@@ -95,16 +95,13 @@ class Master:
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
         self.surplus_since: Optional[float] = None
-        self.runner_pid: Optional[int] = None  # --queue: the queue runner
-        self.runner_started = 0.0
-        self.runner_deaths = 0
-        self.runner_next_spawn = 0.0
+        self.runner = RunnerKeeper(self.config, service.command)  # --queue
 
     # -- life cycle -------------------------------------------------------
 
     def run(self) -> int:
         self._install_signals()
-        _become_subreaper()
+        become_subreaper()
         if self.pidfile is not None:
             self.pidfile.write(os.getpid())
         _title(f"master {describe(self.sockets)}")
@@ -112,13 +109,13 @@ class Master:
             gc.collect()
             gc.freeze()  # keep the pages the workers inherit shared
             self._spawn_missing()
-            self._supervise_runner()
+            self._keep_runner()
             self._wait_for_boot()
             self._notify_ready("ready")
             self.status.ready()
             log.info("listening on %s with %d workers ready, up to %d", describe(self.sockets),
                      self._wanted(), self.config.max_sessions)
-            self._warn_if_open()
+            warn_if_open(self.config, self.sockets)
             self.last_busy = time.monotonic()
             while True:
                 self._loop_once()
@@ -135,14 +132,6 @@ class Master:
             if self.pidfile is not None:
                 self.pidfile.remove()
 
-    def _warn_if_open(self) -> None:
-        config = self.config
-        if config.auth_user is not None or config.auth_file is not None or config.allow:
-            return
-        for where in reachable_from_outside(self.sockets):
-            log.warning("anyone who can reach %s can send mail through msmtpd:"
-                        " use --allow, --auth or --auth-file to restrict it", where)
-
     def _loop_once(self) -> None:
         if self.signal_queue:
             signum = self.signal_queue.pop(0)
@@ -152,7 +141,7 @@ class Master:
         self._read_status()
         self.reap()
         self._spawn_missing()
-        self._supervise_runner()
+        self._keep_runner()
         self._let_surplus_go()
         self._watch_sessions()
 
@@ -166,7 +155,7 @@ class Master:
         if busy or select.select(self.sockets, [], [], 0)[0]:
             self.last_busy = now
         elif (self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit
-              and not self._queue_holds_mail()):
+              and not self.runner.queue_holds_mail()):
             log.info("no session for %g s: exiting until the next connection", self.config.idle_exit)
             self.status.stopping()
             self._stop_workers(graceful=True)
@@ -212,8 +201,8 @@ class Master:
         logs.reopen()
         _hand_log_to_user(self.config)
         for pid in list(self.workers):
-            _kill(pid, signal.SIGHUP)
-        self._signal_runner(signal.SIGHUP)
+            kill(pid, signal.SIGHUP)
+        self.runner.signal(signal.SIGHUP)
         if reload_settings(self.config, self.service.settings):
             self._renew_workers()
         self.status.reloaded()
@@ -224,7 +213,7 @@ class Master:
         log.info("renewing the workers")
         for pid in list(self.workers):
             self.renewing.add(pid)
-            _kill(pid, signal.SIGUSR2)
+            kill(pid, signal.SIGUSR2)
 
     def handle_term(self) -> None:
         self.status.stopping()
@@ -246,8 +235,10 @@ class Master:
                 return
             if pid == 0:
                 return
-            if pid == self.runner_pid:
-                self._runner_ended(status)
+            if pid == self.runner.pid:
+                self.runner.ended(status, self.stopping)
+                if not self.stopping:
+                    self._end_orphaned_commands("its queue runner died")
                 continue
             started = self.workers.pop(pid, None)
             if started is None:
@@ -287,8 +278,8 @@ class Master:
         background by finished commands, are only reaped.  Returns how
         many commands were killed (and are still to be reaped)."""
         killed = 0
-        for pid in _children():
-            if pid in self.workers or pid == self.runner_pid or _is_zombie(pid):
+        for pid in children():
+            if pid in self.workers or pid == self.runner.pid or is_zombie(pid):
                 continue  # a command that already finished is merely reaped
             try:
                 if os.getpgid(pid) != pid:
@@ -328,34 +319,18 @@ class Master:
         elif now - self.surplus_since >= SURPLUS_IDLE_SECONDS:
             for pid in idle[:surplus]:
                 self.renewing.add(pid)
-                _kill(pid, signal.SIGUSR2)
+                kill(pid, signal.SIGUSR2)
             self.surplus_since = None
 
     def _spawn(self) -> None:
-        # Until the child has its own handlers, a signal sent to it would
-        # land in its copy of the master's queue and be lost: block them
-        # across the fork, and let the worker unblock once it is ready.
         slot = min(set(range(self.config.max_sessions)) - set(self.slots.values()))
         self.scoreboard[slot] = IDLE
-        signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
-        pid = os.fork()
-        if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
-            self.workers[pid] = time.monotonic()
-            self.slots[pid] = slot
-            return
-        try:
-            signal.set_wakeup_fd(-1)
-            for fd in (self.wake_r, self.wake_w, self.status_r):
-                os.close(fd)
-            if self.ready_fd is not None:
-                os.close(self.ready_fd)
-            if self.pidfile is not None and self.pidfile.fd is not None:
-                os.close(self.pidfile.fd)
-            Worker(self.service, self.sockets, os.getppid(), self.status_w,
-                   self.config.user, self.scoreboard, slot).run()
-        finally:
-            os._exit(EXIT_BOOT_ERROR)
+        worker = Worker(self.service, self.sockets, os.getpid(), self.status_w,
+                        self.config.user, self.scoreboard, slot)
+        pid = fork_child(WORKER_SIGNALS, [self.wake_r, self.wake_w, self.status_r,
+                                          *self._private_fds()], worker.run)
+        self.workers[pid] = time.monotonic()
+        self.slots[pid] = slot
 
     def _read_status(self) -> None:
         """Workers report ``ready PID`` or ``error PID why`` on the status pipe."""
@@ -398,24 +373,24 @@ class Master:
         for sock in self.sockets:
             sock.close()
         for pid in list(self.workers):
-            _kill(pid, signal.SIGTERM)
-        self._signal_runner(signal.SIGTERM)
+            kill(pid, signal.SIGTERM)
+        self.runner.signal(signal.SIGTERM)
         grace = self.config.timeout + STOP_MARGIN if graceful else 1.0
         deadline = time.monotonic() + grace
-        while (self.workers or self.runner_pid) and time.monotonic() < deadline:
+        while (self.workers or self.runner.pid) and time.monotonic() < deadline:
             self._sleep(0.05)
             self.reap()
         for pid in list(self.workers):
             log.error("worker %d did not stop in time; killing it", pid)
-            _kill(pid, signal.SIGKILL)
-        if self.runner_pid is not None:
-            log.error("queue runner %d did not stop in time; killing it", self.runner_pid)
-            self._signal_runner(signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
+        if self.runner.pid is not None:
+            log.error("queue runner %d did not stop in time; killing it", self.runner.pid)
+            self.runner.signal(signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT
         while time.monotonic() < deadline:
             self.reap()
             left = self._end_orphaned_commands("msmtpd is stopping and its worker is gone")
-            if not self.workers and not self.runner_pid and not left:
+            if not self.workers and not self.runner.pid and not left:
                 break
             self._sleep(0.05)
 
@@ -423,71 +398,22 @@ class Master:
 
     def handle_usr1(self) -> None:
         """Retry every queued mail now: the runner does it."""
-        if self.runner_pid is not None:
+        if self.runner.pid is not None:
             log.info("SIGUSR1: asking the queue runner to try every queued mail now")
-            self._signal_runner(signal.SIGUSR1)
+            self.runner.signal(signal.SIGUSR1)
 
-    def _queue_holds_mail(self) -> bool:
-        """With --idle-exit a pool stays while its queue has mail to deliver."""
-        if self.config.queue is None:
-            return False
-        try:
-            return any(name.endswith(".env") for name in os.listdir(self.config.queue))
-        except OSError:
-            return False
+    def _keep_runner(self) -> None:
+        if not self.stopping:
+            self.runner.keep_alive(lambda: [
+                self.wake_r, self.wake_w, self.status_r, self.status_w,
+                *(sock.fileno() for sock in self.sockets), *self._private_fds()])
 
-    def _signal_runner(self, signum: int) -> None:
-        if self.runner_pid is not None:
-            _kill(self.runner_pid, signum)
-
-    def _supervise_runner(self) -> None:
-        """With --queue, keep one runner alive; one that dies is replaced,
-        after 0.1 s, 0.2 s ... up to MAX_RESPAWN_DELAY when it dies young."""
-        if (self.config.queue is None or self.stopping or self.runner_pid is not None
-                or time.monotonic() < self.runner_next_spawn):
-            return
-        from msmtpd.queue_runner import run_runner
-
-        # As for workers: its handlers are not installed yet; it unblocks.
-        signal.pthread_sigmask(signal.SIG_BLOCK, RUNNER_SIGNALS)
-        pid = os.fork()
-        if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, RUNNER_SIGNALS)
-            self.runner_pid = pid
-            self.runner_started = time.monotonic()
-            return
-        try:
-            signal.set_wakeup_fd(-1)
-            for fd in (self.wake_r, self.wake_w, self.status_r, self.status_w):
-                os.close(fd)
-            for sock in self.sockets:
-                sock.close()
-            if self.ready_fd is not None:
-                os.close(self.ready_fd)
-            if self.pidfile is not None and self.pidfile.fd is not None:
-                os.close(self.pidfile.fd)
-            run_runner(self.config.queue, self.service.command, self.config.command_timeout,
-                       self.config.queue_lifetime, self.config.queue_workers, self.config.timeout,
-                       self.config.user, os.getppid())
-        finally:
-            os._exit(EXIT_BOOT_ERROR)
-
-    def _runner_ended(self, status: int) -> None:
-        """Reaped: its deliveries' commands are ours now and must end before
-        a new runner may take their mails again."""
-        self.runner_pid = None
-        if self.stopping:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        how = f"exit status {code}" if code >= 0 else f"signal {-code}"
-        log.error("queue runner ended (%s); replacing it", how)
-        self._end_orphaned_commands("its queue runner died")
-        if time.monotonic() - self.runner_started < BOOT_GRACE_SECONDS * 5:
-            self.runner_deaths += 1
-            delay = min(0.1 * 2 ** (self.runner_deaths - 1), MAX_RESPAWN_DELAY)
-            self.runner_next_spawn = time.monotonic() + delay
-        else:
-            self.runner_deaths = 0
+    def _private_fds(self) -> List[int]:
+        """What no child may keep: the readiness pipe and the pid file."""
+        fds = [] if self.ready_fd is None else [self.ready_fd]
+        if self.pidfile is not None and self.pidfile.fd is not None:
+            fds.append(self.pidfile.fd)
+        return fds
 
     def _notify_ready(self, message: str) -> None:
         if self.ready_fd is None:
@@ -498,45 +424,6 @@ class Master:
         except OSError:
             pass
         self.ready_fd = None
-
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def _become_subreaper() -> None:
-    """Adopt the delivery commands of workers that die (Linux only)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _children() -> List[int]:
-    pid = os.getpid()
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as listing:
-            return [int(word) for word in listing.read().split()]
-    except OSError:
-        return []
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True  # gone already
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
 
 
 def _hand_log_to_user(config: Config) -> None:

@@ -20,6 +20,7 @@ import time
 from typing import Any, List, Optional
 
 from msmtpd import privileges
+from msmtpd.children import EXIT_BOOT_ERROR  # the master halts on it
 from msmtpd.connection import (
     OVERLOAD_IDLE_SECONDS,
     Connection,
@@ -33,8 +34,6 @@ from msmtpd.service import Service
 from msmtpd.session import Session
 from msmtpd.signals import RecordedSignals
 
-# Exit status of a worker that could not start; the master halts on it.
-EXIT_BOOT_ERROR = 3
 # How often an idle worker checks that its master is still alive.
 PARENT_CHECK_SECONDS = 1.0
 # Byte values in the scoreboard the master shares with its workers.

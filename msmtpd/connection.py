@@ -44,13 +44,17 @@ Endpoint = Union[socket.socket, int]
 
 # Sockets are read into this buffer, one per process (a worker serves one
 # session at a time): a large read then costs no large allocation.
-_scratch = memoryview(bytearray(0))
+_scratch = memoryview(b"")
 
 
 def _recv_buffer(size: int) -> memoryview:
     global _scratch
     if len(_scratch) < size:
-        _scratch = memoryview(bytearray(size))
+        import mmap
+
+        # Anonymous memory: a page counts only once a read has filled it,
+        # so a worker that only saw small mails keeps a page or two.
+        _scratch = memoryview(mmap.mmap(-1, size))
     return _scratch
 
 

@@ -215,6 +215,20 @@ def parse_args(argv: Sequence[str]) -> Config:
     return config
 
 
+def _leave(code: int) -> NoReturn:
+    """End an ``--inetd`` session without the interpreter's teardown, a
+    few ms of freeing modules per connection: nothing is pending (replies
+    go straight to the descriptor, log handlers write every record)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def fail(message: str) -> int:
     try:
         sys.stderr.write(f"msmtpd: {message}\n")
@@ -248,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if config.inetd and not sockets:
             from msmtpd.inetd import run_inetd
 
-            return run_inetd(config, tls_context)
+            _leave(run_inetd(config, tls_context))
         if not sockets:
             from msmtpd.listen import bind_all
 

@@ -15,6 +15,7 @@ it has run that long, must average :data:`MIN_DATA_RATE` octets a second.
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import socket
@@ -43,15 +44,15 @@ PIPE_WRITE = select.PIPE_BUF
 Endpoint = Union[socket.socket, int]
 
 # Sockets are read into this buffer, one per process (a worker serves one
-# session at a time): a large read then costs no large allocation.
+# session at a time): a large read then costs no large allocation.  (mmap
+# is imported with this module, not at the first read: by then --user may
+# have dropped the privileges that reach the Python installation.)
 _scratch = memoryview(b"")
 
 
 def _recv_buffer(size: int) -> memoryview:
     global _scratch
     if len(_scratch) < size:
-        import mmap
-
         # Anonymous memory: a page counts only once a read has filled it,
         # so a worker that only saw small mails keeps a page or two.
         _scratch = memoryview(mmap.mmap(-1, size))

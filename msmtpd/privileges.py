@@ -39,6 +39,11 @@ def drop(spec: str) -> None:
     account = resolve(spec)
     if os.getuid() == account.uid and os.getgid() == account.gid:
         return
+    # A session imports tempfile only for a large message, perhaps long
+    # after this: load it while the Python installation is surely within
+    # reach (a Python under /root, mode 0700, is not for the user).
+    import tempfile  # noqa: F401
+
     try:
         os.setgroups([])
         os.setgid(account.gid)

@@ -10,7 +10,6 @@ wait is imported.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from msmtpd import __version__
 from msmtpd.config import (
@@ -35,6 +34,10 @@ from msmtpd.config import (
     parse_port,
     parse_seconds,
 )
+
+TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 EXIT_OK = 0
 EXIT_SESSION_FAILED = 1
@@ -269,6 +272,20 @@ def _check_queue_options(config: Config) -> None:
                 raise UsageError(f"{option} needs --queue=DIR")
 
 
+def _leave(code: int) -> NoReturn:
+    """End an ``--inetd`` session without the interpreter's teardown, a
+    few ms of freeing modules per connection: nothing is pending (replies
+    go straight to the descriptor, log handlers write every record)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def fail(message: str) -> int:
     try:
         sys.stderr.write(f"msmtpd: {message}\n")
@@ -313,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if config.inetd and not sockets:
             from msmtpd.inetd import run_inetd
 
-            return run_inetd(config, tls_context)
+            _leave(run_inetd(config, tls_context))
         if not sockets:
             from msmtpd.listen import bind_all
 

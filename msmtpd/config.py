@@ -6,7 +6,10 @@ command line is parsed and the sockets bound before anything slow loads.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, List, Optional
+
 
 DEFAULT_COMMAND = "msmtp -f %F --"
 DEFAULT_INTERFACE = "127.0.0.1"
@@ -89,7 +92,7 @@ def parse_port(text: str) -> int:
 
 def parse_interface(text: str) -> str:
     """An IPv4 or IPv6 address in its usual spelling (``::0001`` is ``::1``)."""
-    import socket
+    import _socket as socket  # the C module alone: socket.py loads enum and selectors
 
     family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:

@@ -15,6 +15,7 @@ it has run that long, must average :data:`MIN_DATA_RATE` octets a second.
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import socket
@@ -22,7 +23,7 @@ import stat
 import time
 from typing import IO, Any, Callable, Optional, Protocol, Union
 
-from msmtpd.stream import CHUNK_SIZE, LineReader
+from msmtpd.stream import CHUNK_SIZE, DATA_CHUNK_SIZE, LineReader
 
 # Postfix's smtpd_min_data_rate default: octets per second that DATA must
 # average once it has lasted the timeout.
@@ -41,6 +42,21 @@ WRITE_BUFFER = 64 * 1024
 PIPE_WRITE = select.PIPE_BUF
 
 Endpoint = Union[socket.socket, int]
+
+# Sockets are read into this buffer, one per process (a worker serves one
+# session at a time): a large read then costs no large allocation.  (mmap
+# is imported with this module, not at the first read: by then --user may
+# have dropped the privileges that reach the Python installation.)
+_scratch = memoryview(b"")
+
+
+def _recv_buffer(size: int) -> memoryview:
+    global _scratch
+    if len(_scratch) < size:
+        # Anonymous memory: a page counts only once a read has filled it,
+        # so a worker that only saw small mails keeps a page or two.
+        _scratch = memoryview(mmap.mmap(-1, size))
+    return _scratch
 
 
 class ShutdownRequested(Exception):
@@ -109,7 +125,8 @@ class Transport:
 
     def recv(self, size: int) -> bytes:
         if isinstance(self.reader, socket.socket):
-            return self.reader.recv(size, socket.MSG_DONTWAIT)
+            buffer = _recv_buffer(size)
+            return bytes(buffer[:self.reader.recv_into(buffer, size, socket.MSG_DONTWAIT)])
         return os.read(self.reader, size)
 
     def send(self, data: memoryview) -> int:
@@ -272,8 +289,9 @@ class Connection(LineReader):
 
     def __init__(self, transport: Transport, timeout: Optional[float],
                  watch: Optional[Watch] = None, peer: str = "",
-                 clock: Callable[[], float] = time.monotonic, chunk_size: int = CHUNK_SIZE) -> None:
-        super().__init__(self._receive, chunk_size)
+                 clock: Callable[[], float] = time.monotonic, chunk_size: int = CHUNK_SIZE,
+                 data_chunk_size: int = DATA_CHUNK_SIZE) -> None:
+        super().__init__(self._receive, chunk_size, data_chunk_size)
         self.transport = transport
         self.timeout = timeout
         self.watch = watch
@@ -419,7 +437,8 @@ class Connection(LineReader):
 def in_memory(recv: Callable[[int], bytes], writer: IO[bytes], timeout: Optional[float] = None,
               chunk_size: int = CHUNK_SIZE) -> Connection:
     """A connection over a ``recv`` function and a binary file (tests, tools)."""
-    return Connection(MemoryTransport(recv, writer), timeout, chunk_size=chunk_size)
+    return Connection(MemoryTransport(recv, writer), timeout, chunk_size=chunk_size,
+                      data_chunk_size=chunk_size)
 
 
 def endpoint_of(fd: int) -> Endpoint:

@@ -1,42 +1,55 @@
-"""Binding the listening sockets, before anything else can fail late."""
+"""Binding the listening sockets, before anything else can fail late.
+
+The sockets are made with the C module ``_socket``: ``socket.py`` imports
+``enum`` and ``selectors``, some 5 ms here, which can wait until the port
+listens (a client that connects meanwhile waits in the listen queue).
+"""
 
 from __future__ import annotations
 
-import socket
-from typing import List
+import _socket
 
 from msmtpd.config import Config, ConfigError
 from msmtpd.log import log
 
+TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
+if TYPE_CHECKING:
+    import socket
+    from typing import List
+
 # Connections beyond the busy workers wait in the kernel's queue.
-BACKLOG = max(socket.SOMAXCONN, 128)
+BACKLOG = max(_socket.SOMAXCONN, 128)
 
 
 def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:
-    sockets: List[socket.socket] = []
+    listening: List[_socket.socket] = []
     try:
         for interface in interfaces:
-            sockets.append(_bind(interface, port))
+            listening.append(_bind(interface, port))
     except ConfigError:
-        for sock in sockets:
+        for sock in listening:
             sock.close()
         raise
+    import socket  # now that every port listens
+
+    sockets = [socket.socket(fileno=sock.detach()) for sock in listening]
+    for sock in sockets:
+        sock.setblocking(False)  # a worker that loses the accept race goes back to waiting
     return sockets
 
 
-def _bind(interface: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _bind(interface: str, port: int) -> _socket.socket:
+    family = _socket.AF_INET6 if ":" in interface else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
         sock.bind((interface, port))
         sock.listen(BACKLOG)
-        sock.setblocking(False)  # a worker that loses the accept race goes back to waiting
     except OSError as exc:
         sock.close()
-        where = f"[{interface}]" if family == socket.AF_INET6 else interface
+        where = f"[{interface}]" if family == _socket.AF_INET6 else interface
         raise ConfigError(f"cannot listen on {where} port {port}: {exc.strerror}") from None
     return sock
 
@@ -49,7 +62,7 @@ def describe(sockets: List[socket.socket]) -> str:
             names.append(str(address) or "unix socket")
             continue
         host, port = address[:2]
-        names.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
+        names.append(f"[{host}]:{port}" if sock.family == _socket.AF_INET6 else f"{host}:{port}")
     return " ".join(names)
 
 
@@ -64,7 +77,7 @@ def reachable_from_outside(sockets: List[socket.socket]) -> List[str]:
         host = str(address[0]).lower()
         if host.startswith("::ffff:"):
             host = host[len("::ffff:"):]
-        if host == "::1" or (sock.family == socket.AF_INET or "." in host) and host.startswith("127."):
+        if host == "::1" or (sock.family == _socket.AF_INET or "." in host) and host.startswith("127."):
             continue
         open_ones.append(describe([sock]))
     return open_ones

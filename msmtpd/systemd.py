@@ -8,8 +8,11 @@ on them."""
 from __future__ import annotations
 
 import os
-import socket
-from typing import List, Optional
+
+TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
+if TYPE_CHECKING:
+    import socket
+    from typing import List, Optional
 
 # sd_listen_fds(3): inherited descriptors start here.
 LISTEN_FDS_START = 3
@@ -34,6 +37,8 @@ def listen_fds() -> List[socket.socket]:
 def adopt_listener(fd: int) -> socket.socket:
     """A socket object for an inherited listening descriptor; ConfigError
     when it is not a listening stream socket."""
+    import socket
+
     from msmtpd.config import ConfigError
 
     try:
@@ -50,6 +55,8 @@ def adopt_listener(fd: int) -> socket.socket:
 
 def is_listening_socket(fd: int) -> bool:
     """inetd's ``wait = yes`` hands over the listening socket itself."""
+    import socket  # only with --inetd, which needs it anyway
+
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
@@ -86,6 +93,8 @@ def notify(*fields: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]  # an abstract socket
+    import socket
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto("\n".join(fields).encode("utf-8", "replace"), address)

@@ -41,9 +41,9 @@ IDLE, BUSY = 0, 1
 
 
 def _title(text: str) -> None:
-    from setproctitle import setproctitle
+    from msmtpd.proctitle import set_title
 
-    setproctitle(f"msmtpd: {text}")
+    set_title(text)
 
 
 class _ListenerWatch:

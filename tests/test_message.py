@@ -129,6 +129,22 @@ def test_bare_cr_stays_in_the_line() -> None:
     assert receive(b"a\rb\r\n.\r\n").message == b"a\rb\n"
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1 << 20])
+@pytest.mark.parametrize("body", [
+    b"a\r\r\nb\r\n",  # a CR just before the CRLF
+    b"\rx\r\n\r\n",  # a CR starting a line, then an empty line
+    b"x\ny\r\nz\n\r\n",  # bare LF lines and CRLF lines, no CR alone
+    b"x\r\n" * 50 + b"a\rb\n" + b"y\r\n" * 50,  # one lone CR among many CRLFs
+    b"x\r\n" * 50 + b".y\r\nz\rw\r\n",  # and a dot line
+])
+def test_only_crlf_becomes_lf(body: bytes, size: int) -> None:
+    """Whatever the chunks, CRLF becomes LF and every other CR stays, with
+    or without a line that starts with a dot in the same chunk."""
+    lines = body.replace(b"\r\n", b"\n").split(b"\n")[:-1]  # every body ends in a line end
+    expected = b"".join((line[1:] if line.startswith(b".") else line) + b"\n" for line in lines)
+    assert receive(body + b".\r\n", size) == Received(True, expected, b"")
+
+
 @pytest.mark.parametrize(
     ("wire", "expected"),
     [

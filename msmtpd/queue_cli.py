@@ -18,7 +18,7 @@ import time
 from typing import List, Optional
 
 from msmtpd.config import Config, ConfigError
-from msmtpd.queue_store import RUNNER_LOCK, Envelope, Queue, iso_time
+from msmtpd.queue_store import RUNNER_LOCK, Envelope, Queue, escape, iso_time
 
 EXIT_EMPTY = 0
 EXIT_REMAINING = 75  # EX_TEMPFAIL: mails are still queued
@@ -50,8 +50,6 @@ def _age(seconds: float) -> str:
 def describe(mail_id: str, envelope: Envelope, now: float, failed: bool) -> str:
     """One mailq-like line: id, state, age, sender -> recipients, attempts,
     next try, last error (all escaped as in the envelope file)."""
-    from msmtpd.queue_store import escape
-
     recipients = ", ".join(f"<{escape(r)}>" for r in envelope.recipients)
     if failed:
         state = f"failed: {escape(envelope.failed)}"
@@ -70,7 +68,9 @@ def list_queue(queue: Queue) -> int:
     lines: List[str] = []
     for failed in (False, True):
         try:
-            lines += [describe(i, e, now, failed) for i, e in queue.entries(failed)]
+            lines += [describe(i, e, now, failed) if isinstance(e, Envelope)
+                      else f"{i} {'failed' if failed else 'queued'} unreadable envelope: {escape(e)}"
+                      for i, e in queue.entries(failed)]
         except FileNotFoundError:
             continue  # no failed/ yet
     sys.stdout.write("".join(line + "\n" for line in lines) if lines else "Mail queue is empty\n")

@@ -98,6 +98,14 @@ class Attempts:
         self.next_tries: Dict[str, float] = {}  # of deferred mails, also when the disk is full
         self.done_r, self._done_w = os.pipe()
         os.set_blocking(self.done_r, False)
+        self.unreadable: set[str] = set()  # damaged envelopes, reported once
+
+    def report_unreadable(self, mail_id: str, exc: Exception) -> None:
+        """A damaged envelope stays for a person to look at; say so once."""
+        if mail_id not in self.unreadable:
+            self.unreadable.add(mail_id)
+            log.error("queue %s: cannot read its envelope (%s); left in the queue",
+                      mail_id, getattr(exc, "strerror", None) or exc)
 
     @property
     def full(self) -> bool:
@@ -147,9 +155,15 @@ class Attempts:
         if handle is None:
             return BUSY
         with handle:
-            envelope = self.queue.envelope(mail_id)
+            try:
+                envelope = self.queue.read_envelope(mail_id)
+            except FileNotFoundError:
+                return BUSY  # delivered or moved meanwhile
+            except (OSError, ValueError) as exc:
+                self.report_unreadable(mail_id, exc)
+                return BUSY
             now = time.time()
-            if envelope is None or (not force and envelope.next_try > now):
+            if not force and envelope.next_try > now:
                 return BUSY
             outcome = deliver(self.command, envelope.sender, envelope.recipients, handle.fileno(),
                               self.timeout, self.stopper)
@@ -313,9 +327,12 @@ class Runner:
             if mail_id in known:
                 self.schedule[mail_id] = known[mail_id]
                 continue
-            envelope = self.queue.envelope(mail_id)
-            if envelope is not None:
-                self.schedule[mail_id] = envelope.next_try
+            try:
+                self.schedule[mail_id] = self.queue.read_envelope(mail_id).next_try
+            except FileNotFoundError:
+                continue  # delivered or moved meanwhile
+            except (OSError, ValueError) as exc:
+                self.attempts.report_unreadable(mail_id, exc)
 
     def _dispatch(self) -> None:
         now = time.time()

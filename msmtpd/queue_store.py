@@ -272,20 +272,29 @@ class Queue:
         names = os.listdir(self.failed_directory if failed else self.directory)
         return sorted(name[:-4] for name in names if name.endswith(".env") and is_id(name[:-4]))
 
+    def read_envelope(self, mail_id: str, failed: bool = False) -> Envelope:
+        """The envelope; OSError when it is gone, ValueError when it is not one."""
+        with open(self.path(mail_id, ".env", failed), "rb") as handle:
+            return Envelope.parse(handle.read())
+
     def envelope(self, mail_id: str, failed: bool = False) -> Optional[Envelope]:
         """None when the mail is gone (delivered meanwhile) or unreadable."""
         try:
-            with open(self.path(mail_id, ".env", failed), "rb") as handle:
-                return Envelope.parse(handle.read())
+            return self.read_envelope(mail_id, failed)
         except (OSError, ValueError):
             return None
 
-    def entries(self, failed: bool = False) -> List[Tuple[str, Envelope]]:
-        found = []
+    def entries(self, failed: bool = False) -> List[Tuple[str, Envelope | str]]:
+        """Each mail with its envelope, or why it cannot be read (a damaged
+        envelope stays in the queue, listed, for a person to look at)."""
+        found: List[Tuple[str, Envelope | str]] = []
         for mail_id in self.ids(failed):
-            envelope = self.envelope(mail_id, failed)
-            if envelope is not None:
-                found.append((mail_id, envelope))
+            try:
+                found.append((mail_id, self.read_envelope(mail_id, failed)))
+            except FileNotFoundError:
+                continue  # delivered or moved meanwhile
+            except (OSError, ValueError) as exc:
+                found.append((mail_id, getattr(exc, "strerror", None) or str(exc)))
         return found
 
     # -- delivering (a runner) --------------------------------------------

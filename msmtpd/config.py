@@ -143,7 +143,11 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
 def parse_duration(text: str, option: str) -> float:
     """Seconds, or a number with s, m, h or d (``5d``), as Postfix's time values."""
     unit = DURATION_UNITS.get(text[-1:].lower()) if text else None
-    seconds = parse_seconds(text[:-1] if unit else text, option) * (unit or 1)
+    try:
+        seconds = parse_seconds(text[:-1] if unit else text, option) * (unit or 1)
+    except ConfigError:
+        raise ConfigError(f"invalid {option} '{text[:40]}': expected a positive number of"
+                          " seconds, or one with s, m, h or d (5d)") from None
     if seconds > MAX_SECONDS:
         raise ConfigError(f"invalid {option} '{text}': at most {MAX_SECONDS} seconds")
     return seconds

@@ -138,7 +138,8 @@ def test_queue_options_parse() -> None:
     (["--queue-flush"], "--queue-flush needs --queue=DIR"),
     (["--queue=/tmp", "--queue-list", "--queue-flush"], "cannot be combined"),
     (["--queue-workers=0"], "invalid --queue-workers"),
-    (["--queue-lifetime=soon"], "invalid --queue-lifetime"),
+    (["--queue-lifetime=soon"], "invalid --queue-lifetime 'soon': expected a positive number of"
+                                " seconds, or one with s, m, h or d (5d)"),
 ])
 def test_queue_usage_errors_are_one_line_and_exit_3(args: list[str], message: str) -> None:
     result = subprocess.run([program("msmtpd"), *args], capture_output=True, text=True, timeout=20)

@@ -103,10 +103,13 @@ class Session(SecurityVerbs):
             log.info("refused %s: not in --allow", self.peer or "a client with no address")
             self.reply(replies.ACCESS_DENIED, final=True)
             return False
-        log.info("session from %s", self.peer or "unknown peer")
         try:
             if self.settings.tls is not None and self.settings.tls_implicit:
-                self._start_tls()  # RFC 8314: TLS from the first byte
+                # RFC 8314: TLS from the first byte; one line says both.
+                self.tls = self.connection.start_tls(self.settings.tls)
+                log.info("session from %s over %s", self.peer or "unknown peer", self.tls)
+            else:
+                log.info("session from %s", self.peer or "unknown peer")
             self.reply(replies.GREETING.format(host=host))
             while True:
                 line = self.connection.readline(MAX_COMMAND_LINE + 1)

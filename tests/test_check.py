@@ -146,6 +146,13 @@ def test_implicit_tls_is_checked_inside_tls(tmp_path: Path, certs: Certs) -> Non
         stop_daemons([daemon])
     assert inside_tls.returncode == 0 and "is healthy: greeting 220" in inside_tls.stdout, inside_tls
     assert in_plain_text.returncode == 1 and "is not healthy" in in_plain_text.stderr
+    # The check inside TLS is one log line, naming the TLS version; the one in
+    # plain text is one line too (its handshake failed).
+    lines = [line for line in daemon.log_text().splitlines()
+             if "listening on" not in line and "stopping" not in line]
+    assert len(lines) == 2, lines
+    assert "session from 127.0.0.1 over TLSv1." in lines[0], lines
+    assert "127.0.0.1: TLS handshake failed" in lines[1], lines
 
 
 @pytest.mark.parametrize("args", [["--inetd"], ["--auth=a,echo b", "--auth-file=/dev/null"]])

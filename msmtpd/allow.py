@@ -14,6 +14,7 @@ from typing import List, Sequence, Union
 from msmtpd.config import ConfigError
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 def parse_network(text: str) -> Network:
@@ -25,6 +26,18 @@ def parse_network(text: str) -> Network:
                           " or network (10.0.0.0/8, fd00::/8)") from None
 
 
+def addresses_of(peer: str) -> List[Address]:
+    """The client's address, and the IPv4 one inside an IPv4-mapped IPv6
+    address (``::ffff:10.0.0.1`` on a ``::`` socket); none for "" (a pipe
+    or a Unix socket) or anything that is not an address."""
+    try:
+        address = ipaddress.ip_address(peer.partition("%")[0])  # fe80::1%eth0
+    except ValueError:
+        return []
+    mapped = getattr(address, "ipv4_mapped", None)
+    return [address] if mapped is None else [address, mapped]
+
+
 class AllowList:
     """The networks of every --allow option."""
 
@@ -32,16 +45,8 @@ class AllowList:
         self.networks: List[Network] = list(networks)
 
     def permits(self, peer: str) -> bool:
-        if not peer:
-            return False
-        try:
-            address = ipaddress.ip_address(peer.partition("%")[0])  # fe80::1%eth0
-        except ValueError:
-            return False
-        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.0.0.1 on a "::" socket
-        candidates = [address] if mapped is None else [address, mapped]
-        return any(candidate in network for candidate in candidates
-                   for network in self.networks if network.version == candidate.version)
+        return any(address in network for address in addresses_of(peer)
+                   for network in self.networks if network.version == address.version)
 
     def __str__(self) -> str:
         return ", ".join(str(network) for network in self.networks)

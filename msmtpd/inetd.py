@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from msmtpd.config import Config
 from msmtpd.connection import Connection, ShutdownRequested, Transport, endpoint_of, peer_name
-from msmtpd.service import prepare
+from msmtpd.service import LATE_MODULES, prepare
 from msmtpd.signals import RecordedSignals
 
 
@@ -39,8 +39,7 @@ def run_inetd(config: Config, tls_context: Any = None) -> int:
     if config.user is not None:
         from msmtpd import privileges
 
-        service.import_late_modules()
-        privileges.drop(config.user)
+        privileges.drop(config.user, LATE_MODULES)
     signals = _Signals()
     reader = endpoint_of(sys.stdin.fileno())
     writer = endpoint_of(sys.stdout.fileno())

@@ -77,7 +77,7 @@ def reachable_from_outside(sockets: List[socket.socket]) -> List[str]:
         host = str(address[0]).lower()
         if host.startswith("::ffff:"):
             host = host[len("::ffff:"):]
-        if host == "::1" or (sock.family == _socket.AF_INET or "." in host) and host.startswith("127."):
+        if host == "::1" or host.startswith("127."):
             continue
         open_ones.append(describe([sock]))
     return open_ones

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from msmtpd.config import ConfigError
 
@@ -33,12 +33,20 @@ def resolve(spec: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, gid, entry.pw_dir)
 
 
-def drop(spec: str) -> None:
+def drop(spec: str, late_modules: Sequence[str] = ()) -> None:
     """Become USER[:GROUP] for good; raises ConfigError with a message fit
-    for the terminal when that is not possible."""
+    for the terminal when that is not possible.
+
+    ``late_modules`` are what the process imports only when it first needs
+    them: they are imported first, since the user may be unable to read the
+    Python installation (a virtualenv or pyenv under /root, mode 0700)."""
     account = resolve(spec)
     if os.getuid() == account.uid and os.getgid() == account.gid:
         return
+    import importlib
+
+    for name in late_modules:
+        importlib.import_module(name)
     try:
         os.setgroups([])
         os.setgid(account.gid)

@@ -142,10 +142,9 @@ def _flush_here(queue: Queue, config: Config) -> int:
             raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
     if config.user is not None:
         from msmtpd import privileges
-        from msmtpd.queue_store import import_late_modules
+        from msmtpd.queue_store import QUEUE_LATE_MODULES
 
-        import_late_modules()
-        privileges.drop(config.user)
+        privileges.drop(config.user, QUEUE_LATE_MODULES)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     attempts = Attempts(queue, command, config.command_timeout, config.queue_lifetime,
                         config.queue_workers)

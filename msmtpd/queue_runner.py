@@ -394,15 +394,14 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # or the command's exit status is lost
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        from setproctitle import setproctitle  # imported while we may still read everything
+        from msmtpd.proctitle import set_title  # imported while we may still read everything
 
-        setproctitle(f"msmtpd: queue runner {queue_dir}")
+        set_title(f"queue runner {queue_dir}")
         if user is not None:
             from msmtpd import privileges
-            from msmtpd.queue_store import import_late_modules
+            from msmtpd.queue_store import QUEUE_LATE_MODULES
 
-            import_late_modules()
-            privileges.drop(user)
+            privileges.drop(user, QUEUE_LATE_MODULES)
         attempts = Attempts(Queue(queue_dir), command, timeout, lifetime, workers)
         code = Runner(attempts, master_pid, grace).serve()
     except BaseException as exc:

@@ -90,13 +90,9 @@ def iso_time(when: float) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{int((when - whole) * 1000):03d}Z"
 
 
-def import_late_modules() -> None:
-    """Before a queue process drops to --user: load what reading an envelope
-    needs (time.strptime's module, calendar) while the Python installation
-    is still readable; the sessions' user may be unable to read it."""
-    import calendar  # noqa: F401
-
-    time.strptime("2000", "%Y")
+# What reading an envelope imports on first use (time.strptime's module and
+# calendar): a queue process hands these to privileges.drop.
+QUEUE_LATE_MODULES = ("calendar", "_strptime")
 
 
 def parse_iso_time(text: str) -> float:

@@ -158,14 +158,9 @@ def is_local(peer: str) -> bool:
     """A loopback address, or no network at all (a pipe)."""
     if not peer:
         return True
-    import ipaddress
+    from msmtpd.allow import addresses_of
 
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    return any(address.is_loopback for address in addresses_of(peer))
 
 
 def _b64decode(text: str) -> Optional[bytes]:

@@ -17,10 +17,9 @@ if TYPE_CHECKING:
 
 
 # What a session imports only when it first needs it (a message over the
-# memory limit, an AUTH, a TLS session, a failure to log).  A process that is
-# about to drop privileges imports them first: the sessions' user may be
-# unable to read the Python installation (a virtualenv or pyenv under /root).
-LATE_MODULES = ("tempfile", "hmac", "ipaddress", "traceback", "msmtpd.tls")
+# memory limit, an AUTH, a TLS session, a failure to log): privileges.drop
+# imports them before the switch to --user.
+LATE_MODULES = ("tempfile", "hmac", "msmtpd.allow", "traceback", "msmtpd.tls")
 
 
 class Service:
@@ -30,13 +29,6 @@ class Service:
         self.command = command
         self.settings = settings
         self.log_handler = log_handler
-
-    def import_late_modules(self) -> None:
-        """Before dropping privileges: see LATE_MODULES."""
-        import importlib
-
-        for name in LATE_MODULES:
-            importlib.import_module(name)
 
     def session(self, connection: Connection, peer: str,
                 interrupt: Optional[Interrupt] = None) -> Session:

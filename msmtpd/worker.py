@@ -30,7 +30,7 @@ from msmtpd.connection import (
     peer_name,
 )
 from msmtpd.log import log
-from msmtpd.service import Service
+from msmtpd.service import LATE_MODULES, Service
 from msmtpd.session import Session
 from msmtpd.signals import RecordedSignals
 
@@ -156,8 +156,7 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                                     signal.SIGUSR2})
         if self.user is not None:
-            self.service.import_late_modules()
-            privileges.drop(self.user)
+            privileges.drop(self.user, LATE_MODULES)
         _title("worker idle")
 
     def handle_signals(self) -> None:

@@ -32,12 +32,24 @@ def tool(name: str) -> str:
     found = shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
     if found is None:
-        import pytest
-
-        if CI:
-            pytest.fail(f"{name} is missing (scripts/test installs it)")
-        pytest.skip(f"{name} is not installed (scripts/test installs it)")
+        unavailable(f"{name} is not installed (scripts/test installs it)")
+    assert found is not None
     return found
+
+
+def unavailable(why: str) -> None:
+    """Skip for ``why`` (no root, no tmpfs ...); under CI=true, fail instead:
+    CI runs as root, and a test it cannot run there is a test that is lost."""
+    import pytest
+
+    if CI:
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def need_root(why: str = "needs root") -> None:
+    if os.geteuid() != 0:
+        unavailable(why)
 
 
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:

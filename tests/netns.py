@@ -10,8 +10,6 @@ import subprocess
 from contextlib import contextmanager
 from typing import Iterator, List
 
-import pytest
-
 from tests import helpers
 
 WAIT = 15.0
@@ -27,10 +25,7 @@ def veth_namespace(tag: str) -> Iterator[str]:
     """Yield the name of a namespace whose only link is a veth pair to us,
     with PEER_ADDRESS(6) there and HOST_ADDRESS(6) here; removed afterwards."""
     ip = helpers.tool("ip")
-    if os.geteuid() != 0:
-        if helpers.CI:
-            pytest.fail("network namespaces need root")
-        pytest.skip("network namespaces need root")
+    helpers.need_root("network namespaces need root")
     name = f"msmtpd-{tag}-{os.getpid()}"
     host_end, peer_end = f"m{tag}{os.getpid()}h", f"m{tag}{os.getpid()}n"
 

@@ -25,7 +25,9 @@ from tests.helpers import (
     delivered,
     free_port,
     maildir_command,
+    need_root,
     program,
+    unavailable,
     wait_for_mails,
     wait_for_port,
     wait_until,
@@ -224,8 +226,8 @@ def public_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
 def test_user_drops_privileges_in_the_workers(public_dir: Path) -> None:
+    need_root("dropping privileges needs root")
     nobody = pwd.getpwnam("nobody")
     log = public_dir / "msmtpd.log"
     # nobody cannot run scripts under /root, so the command is plain sh and cat.
@@ -252,8 +254,8 @@ def test_user_drops_privileges_in_the_workers(public_dir: Path) -> None:
         assert wait_until(lambda: "delivered" in log.read_text())
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to lose CAP_SETUID")
 def test_worker_that_cannot_start_halts_the_master(tmp_path: Path) -> None:
+    need_root("needs root to lose CAP_SETUID")
     port = free_port()
     # Root without CAP_SETUID/CAP_SETGID: every worker fails to drop privileges.
     args = ["setpriv", "--bounding-set=-setuid,-setgid",
@@ -266,7 +268,7 @@ def test_worker_that_cannot_start_halts_the_master(tmp_path: Path) -> None:
 
 def test_two_interfaces_ipv4_and_ipv6(tmp_path: Path) -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 in this Python")
+        unavailable("no IPv6 in this Python")
     port = free_port()
     args = ["--interface=127.0.0.1", "--interface=::1", f"--command={maildir_command(tmp_path)}",
             "--max-sessions=2"]

@@ -27,10 +27,7 @@ BIG = "Subject: big\r\n\r\n" + ("x" * 70 + "\r\n") * 30_000  # over the 1 MiB he
 
 @pytest.fixture(autouse=True)
 def root() -> None:
-    if os.geteuid() != 0:
-        if helpers.CI:
-            pytest.fail("needs root")
-        pytest.skip("needs root")
+    helpers.need_root()
 
 
 def test_a_daemon_as_nobody_serves_auth_tls_and_big_mail(tmp_path: Path, certs: Certs) -> None:

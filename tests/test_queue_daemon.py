@@ -14,9 +14,16 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import pytest
-
-from tests.helpers import Server, children, delivered, program, run_inetd, wait_until
+from tests.helpers import (
+    Server,
+    children,
+    delivered,
+    need_root,
+    program,
+    run_inetd,
+    unavailable,
+    wait_until,
+)
 
 FAST = dict(os.environ, MSMTPD_QUEUE_RETRY_SECONDS="0.2")
 
@@ -309,14 +316,13 @@ def test_two_daemons_on_one_directory_never_deliver_a_mail_twice(tmp_path: Path)
 
 
 def test_a_full_spool_answers_451_and_the_daemon_keeps_serving(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    need_root("mounting a small tmpfs needs root")
     queue = tmp_path / "queue"
     queue.mkdir()
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(queue)],
                            capture_output=True)
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.decode().strip()}")
+        unavailable(f"cannot mount a tmpfs: {mount.stderr.decode().strip()}")
     try:
         (tmp_path / "slow").touch()  # the small mail stays queued: the queue is what we look at
         with Server([f"--queue={queue}", f"--command={command(tmp_path)}"], env=FAST) as server:
@@ -343,8 +349,7 @@ def test_a_full_spool_answers_451_and_the_daemon_keeps_serving(tmp_path: Path) -
 
 
 def test_an_unwritable_queue_answers_451(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the session as nobody")
+    need_root("needs root to run the session as nobody")
     queue = tmp_path / "queue"
     queue.mkdir(mode=0o700)  # root's; the session runs as nobody
     tmp_path.chmod(0o755)
@@ -434,8 +439,7 @@ def test_sighup_makes_the_runner_reopen_the_log(tmp_path: Path) -> None:
 
 
 def test_the_queue_directory_is_made_for_the_sessions_user(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the session as nobody")
+    need_root("needs root to run the session as nobody")
     import pwd
     import shutil
     import tempfile

@@ -461,8 +461,7 @@ def test_start_up_error_for_an_unreadable_key(certs: Certs, tmp_path: Path) -> N
     """A key of mode 0000, read by root without the capabilities that
     override file permissions (so root is refused like anybody else)."""
     setpriv = helpers.tool("setpriv")
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    helpers.need_root()
     key = tmp_path / "unreadable-key.pem"
     shutil.copy(certs.key, key)
     key.chmod(0)
@@ -488,8 +487,7 @@ def uid_of(pid: int) -> int:
 
 
 def test_root_only_key_with_user_nobody_daemon(certs: Certs, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    helpers.need_root()
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     shutil.copy(certs.cert, cert)
     shutil.copy(certs.key, key)
@@ -519,8 +517,7 @@ def test_root_only_key_with_user_nobody_daemon(certs: Certs, tmp_path: Path) -> 
 
 
 def test_root_only_key_with_user_nobody_inetd(certs: Certs, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    helpers.need_root()
     key = tmp_path / "key.pem"
     shutil.copy(certs.key, key)
     root_only(key)

@@ -202,10 +202,7 @@ def test_inetd_session_with_an_auth_file(tmp_path: Path) -> None:
 
 
 def test_a_root_only_file_with_user_nobody_is_read_by_the_master_also_on_sighup(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        if helpers.CI:
-            pytest.fail("needs root")
-        pytest.skip("needs root")
+    helpers.need_root()
     users = users_file(tmp_path)
     os.chown(users, 0, 0)
     users.chmod(0o600)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any, List, Sequence
 
 import pytest
@@ -268,20 +267,6 @@ def test_help_lists_every_option_and_its_default() -> None:
                     "(default 0)", "(default 16)", "no logging (default)"):
         assert default in text, default
     assert text.count("(default 300)") == 2
-
-
-def test_the_manual_and_the_readme_document_every_option() -> None:
-    """Each option the parser knows has an entry in msmtpd.1 and is named in the README."""
-    from msmtpd import cli
-
-    root = Path(__file__).resolve().parent.parent
-    page = (root / "msmtpd.1").read_text()
-    readme = (root / "README.md").read_text()
-    for option in cli.OPTIONS:
-        roff = option.replace("-", "\\-")
-        assert f"\n.TP\n.B {roff}\n" in page or f"\n.TP\n.BI {roff}=" in page \
-            or f"\n.TP\n.BR {roff}=" in page, option
-        assert f"`{option}" in readme, option
 
 
 def test_help_after_other_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,7 +116,7 @@ def test_the_check_catches_a_store_that_misbehaves(tmp_path: Path, mode: str, pr
 def test_with_a_queue_every_250_is_delivered_once_though_half_the_attempts_defer() -> None:
     """The store-and-forward check: every acknowledged mail delivered, none
     lost, none twice, while the command defers (75) half its attempts.  The
-    full run (2000 mails, 32 sessions) is the README's manual command."""
+    full run (2000 mails, 32 sessions) is the manual command in docs/reliability.md."""
     report = load(["--start", "--queue", "--fail-rate", "0.5", "--mails", "300",
                    "--concurrency", "16", "--max-sessions", "16", "--deadline", "120"])
     verdict = report["verdict"]

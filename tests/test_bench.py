@@ -5,16 +5,15 @@ grandchild that burnt CPU and was reaped before the second reading."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import List
 
 import pytest
 
+from benchkit.bench.cpu import CpuMeter, usable_counter
 from tests.helpers import tool, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,14 +73,6 @@ def test_cpu_from_proc_alone() -> None:
     check_cpu_rows(run_bench("--only", "daemon", "--proc-cpu"))
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # A tree like a server's: the root waits for a line, then forks a child that
 # forks a grandchild burning BURN seconds of CPU (by its own clock), waits for
 # it and exits; the root reaps the child, says "done" and stays.
@@ -109,8 +100,7 @@ time.sleep(60)
 def test_cpu_of_a_reaped_grandchild_is_counted(way: str) -> None:
     """The CPU of a process that has come and gone between the two readings
     is in them, both ways.  A lower bound only: nothing here is timed."""
-    bench = load_bench()
-    counter = bench.usable_counter(way == "proc")
+    counter = usable_counter(way == "proc")
     if way == "cgroup" and counter is None:
         unavailable("no cgroup can be made here")
     root = subprocess.Popen([sys.executable, "-c", TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -118,7 +108,7 @@ def test_cpu_of_a_reaped_grandchild_is_counted(way: str) -> None:
     meter = None
     try:
         assert root.stdin is not None and root.stdout is not None
-        meter = bench.CpuMeter(root.pid, "test", counter)
+        meter = CpuMeter(root.pid, "test", counter)
         before, running = meter.seconds()
         assert running == {root.pid}
         root.stdin.write("go\n")

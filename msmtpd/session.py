@@ -27,7 +27,7 @@ from msmtpd.connection import (
     TLSUnavailable,
 )
 from msmtpd.log import log
-from msmtpd.message import Spool, receive_data
+from msmtpd.message import Spool, address_literal, receive_data
 from msmtpd.replies import Reply
 from msmtpd.security import MAX_AUTH_FAILURES, SecurityVerbs, is_local
 from msmtpd.session_types import Authenticator, Closed, Deliver, Envelope, Settings
@@ -421,7 +421,7 @@ class Session(SecurityVerbs):
             protocol += "A"
         tls = f" ({self.tls})" if self.tls is not None else ""
         date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
-        peer = f"[{self.peer}]" if self.peer else "[local]"
+        peer = address_literal(self.peer) if self.peer else "[local]"
         return (
             f"Received: from {helo} ({peer})\n"
             f"\tby {self.settings.hostname} (msmtpd) with {protocol}{tls};\n"

@@ -87,7 +87,7 @@ def ehlo(port: int) -> bytes:
 def start(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """A start that must fail: at most WAIT seconds, then it is stopped."""
     process = subprocess.Popen([helpers.program("msmtpd"), f"--port={helpers.free_port()}",
-                                "--interface=127.0.0.1", "--command=cat >/dev/null", *args],
+                                "--interface=127.0.0.1", "--command=cat >/dev/null; :", *args],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -125,7 +125,7 @@ def test_a_log_replaced_before_sighup_is_neither_followed_nor_handed_over(
     file it had open, saying why."""
     log = place.writes / "msmtpd.log"
     with helpers.Server(["--user=nobody", f"--log={log}", "--max-sessions=1",
-                         "--command=cat >/dev/null"]) as server:
+                         "--command=cat >/dev/null; :"]) as server:
         assert helpers.wait_until(lambda: "listening on" in text(log), WAIT)
         assert log.stat().st_uid == pwd.getpwnam("nobody").pw_uid
         kept = place.writes / "msmtpd.log.taken"
@@ -168,7 +168,7 @@ def test_a_log_root_created_is_handed_to_the_user_and_reopened_after_rotation(pl
     nobody = pwd.getpwnam("nobody")
     log = place.writes / "msmtpd.log"
     with helpers.Server(["--user=nobody", f"--log={log}", "--max-sessions=1",
-                         "--command=cat >/dev/null"]) as server:
+                         "--command=cat >/dev/null; :"]) as server:
         assert helpers.wait_until(lambda: "listening on" in text(log), WAIT)
         log.rename(place.writes / "msmtpd.log.1")
         os.kill(server.pid, signal.SIGHUP)
@@ -212,7 +212,7 @@ def test_a_stale_pid_file_of_roots_is_taken_over_and_removed_on_exit(place: Plac
     link) is still taken over, and removed at the end."""
     path = place.base / "msmtpd.pid"
     path.write_text("999999\n")
-    with helpers.Server([f"--pidfile={path}", "--command=cat >/dev/null"]) as server:
+    with helpers.Server([f"--pidfile={path}", "--command=cat >/dev/null; :"]) as server:
         assert helpers.wait_until(lambda: path.read_text() == f"{server.pid}\n", WAIT)
     assert not path.exists()
 
@@ -221,7 +221,7 @@ def test_a_pid_file_replaced_while_running_is_not_removed_on_exit(place: Place) 
     """At exit root removes the pid file only if the name still is its own
     file, not what nobody put in its place."""
     path = place.writes / "msmtpd.pid"
-    with helpers.Server([f"--pidfile={path}", "--user=nobody", "--command=cat >/dev/null"]) as server:
+    with helpers.Server([f"--pidfile={path}", "--user=nobody", "--command=cat >/dev/null; :"]) as server:
         assert helpers.wait_until(lambda: path.exists() and path.read_text() == f"{server.pid}\n",
                                   WAIT)
         as_nobody(f"rm -f {path}; echo planted > {path}")

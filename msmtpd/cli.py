@@ -187,12 +187,15 @@ def _text(value: str, option: str) -> str:
     return value
 
 
+# --log values that are not a file name.
+LOG_KEYWORDS = ("none", "syslog", "-")
+
 # How each option's value becomes a Config attribute: (attribute, check).
 # --version, --help, --interface and --allow (repeatable) and --auth (two
 # attributes) are handled in parse_args.
 SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--port": ("port", lambda value, option: parse_port(value)),
-    "--log": ("log", _text),
+    "--log": ("log", lambda value, option: value if value in LOG_KEYWORDS else _absolute(value)),
     "--command": ("command", _text),
     "--timeout": ("timeout", parse_seconds),
     "--command-timeout": ("command_timeout", parse_seconds),
@@ -211,6 +214,14 @@ SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
                         lambda value, option: parse_count(value, option, 1, MAX_QUEUE_WORKERS)),
     "--queue-lifetime": ("queue_lifetime", parse_duration),
 }
+
+
+# Options whose value is a file or directory: made absolute as they are
+# read, since --daemon changes the working directory to / and SIGHUP
+# re-reads some of them (--tls-cert, --tls-key, --auth-file) from there.
+# --log is one too unless it is a keyword (LOG_KEYWORDS).
+PATH_OPTIONS = frozenset({"--pidfile", "--spool-dir", "--tls-cert", "--tls-key", "--auth-file",
+                          "--queue"})
 
 
 def _absolute(path: str) -> str:
@@ -240,7 +251,8 @@ def parse_args(argv: Sequence[str]) -> Config:
             config.allow.append(parse_network(value))
         else:
             attribute, check = SETTINGS[option]
-            setattr(config, attribute, check(value, option))
+            setattr(config, attribute, check(_absolute(value) if option in PATH_OPTIONS else value,
+                                             option))
     if interfaces:
         config.interfaces = interfaces
     config.spare_workers = min(config.spare_workers, config.max_sessions)

@@ -11,6 +11,13 @@ Deadlines bound whole requests, not single reads (Postfix's
 bytes, and every reply must be written within ``timeout`` or the client,
 which is not reading, is dropped.  DATA may pause for ``timeout`` but, once
 it has run that long, must average :data:`MIN_DATA_RATE` octets a second.
+
+The overload rule (a full pool, clients waiting) judges a session by its
+progress, not by its chatter: the session calls :meth:`Connection.progressed`
+after a command that moved a transaction forward, and the connection counts
+a finished TLS handshake and DATA's content itself; :attr:`unproductive_seconds`
+is the time since the reply to the last of these.  A client that only sends
+NOOP or RSET, or commands that are refused, keeps the clock running.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from msmtpd.stream import CHUNK_SIZE, DATA_CHUNK_SIZE, LineReader
 # average once it has lasted the timeout.
 MIN_DATA_RATE = 500
 # Postfix's overload smtpd_timeout (10 s): when the pool is full and clients
-# wait, a session idle this long between commands makes way.
+# wait, a session that made no progress for this long (idle, or sending
+# only junk commands: Postfix's smtpd_junk_command_limit under stress)
+# makes way.
 OVERLOAD_IDLE_SECONDS = 10.0
 # A Watch is consulted at least this often while the connection waits.
 TICK_SECONDS = 1.0
@@ -299,6 +308,8 @@ class Connection(LineReader):
         self._clock = clock
         self._out = bytearray()
         self._replied_at = clock()  # the last reply went out (or we connected)
+        self._progress_at = self._replied_at  # the last reply to progress went out
+        self._progress_pending = False  # the reply being written answers progress
         self._data_started: Optional[float] = None
         self._data_octets = 0
 
@@ -314,11 +325,30 @@ class Connection(LineReader):
         """How long the client has been silent since our last reply."""
         return self._clock() - self._replied_at
 
+    @property
+    def unproductive_seconds(self) -> float:
+        """How long since the reply to the last command that moved the
+        session forward (or since it connected): what the overload rule
+        judges.  Never less than :attr:`idle_seconds`."""
+        return self._clock() - self._progress_at
+
+    def progressed(self) -> None:
+        """The session's command being answered moved a transaction forward
+        (a greeting, AUTH, MAIL, RCPT accepted): the overload clock restarts
+        when that reply has gone out.  The session decides what is progress,
+        since only it knows the protocol; the connection only keeps the
+        time, as it does for every other deadline."""
+        self._progress_pending = True
+
     def begin_data(self) -> None:
         self._data_started = self._clock()
         self._data_octets = 0
 
     def end_data(self) -> None:
+        """DATA's content is over; a whole message is progress, whatever
+        the reply to it (a delivery that failed is no fault of the client)."""
+        if self._data_started is not None:
+            self._progress_pending = True
         self._data_started = None
 
     def write(self, data: bytes) -> None:
@@ -344,6 +374,9 @@ class Connection(LineReader):
                 view.release()
                 del self._out[:sent]
         self._replied_at = self._clock()
+        if self._progress_pending:
+            self._progress_pending = False
+            self._progress_at = self._replied_at
 
     def close(self) -> None:
         self.transport.close()
@@ -365,6 +398,7 @@ class Connection(LineReader):
         the timeout.  Raises TLSUnavailable before anything changed, or
         TLSFailed."""
         self.flush()
+        self._progress_at = self._replied_at  # the client asked for TLS: progress
         transport = self.transport.start_tls(context)
         assert isinstance(transport, TLSTransport)
         self.discard_buffered()
@@ -380,7 +414,7 @@ class Connection(LineReader):
                 raise TLSFailed(f"no handshake within {self.timeout:g} s") from None
             except (ShutdownRequested, Overloaded) as exc:  # no plaintext 421 can follow
                 raise TLSFailed(f"handshake cut short: {type(exc).__name__}") from None
-        self._replied_at = self._clock()
+        self._replied_at = self._progress_at = self._clock()
         return self.tls or ""
 
     # -- reading, with the deadlines ----------------------------------
@@ -405,7 +439,8 @@ class Connection(LineReader):
                 self._data_octets += len(data)
                 if data and self.timeout is not None and self._clock() >= self._rate_deadline():
                     raise DataTooSlow("data too slow")
-                self._replied_at = self._clock()  # silence in DATA counts from the last octet
+                # Silence in DATA counts from the last octet, and content is progress.
+                self._replied_at = self._progress_at = self._clock()
             return data
 
     def _rate_deadline(self) -> float:

@@ -13,15 +13,21 @@ one event stays one line, and a line is cut at :data:`MAX_LINE`.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from typing import Any, Optional
+
+from msmtpd.owned_files import UnsafeFile, open_file
 
 log = logging.getLogger("msmtpd")
 
 SYSLOG_SOCKET = "/dev/log"
 # Longest log message, in characters after escaping.
 MAX_LINE = 2000
+# A new log file: the logged addresses are not secret, the file is not for others to write.
+LOG_FILE_MODE = 0o644
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
                 logging.ERROR: "error", logging.CRITICAL: "error"}
 
@@ -96,19 +102,41 @@ class _Formatter(logging.Formatter):
 
 
 class ReopenableFileHandler(_ReportOnce, logging.FileHandler):
-    """A log file that can be reopened after logrotate renamed it (SIGHUP)."""
+    """A log file that can be reopened after logrotate renamed it (SIGHUP).
+
+    The master opens it as root in a directory ``--user`` may write, so it
+    is opened as :mod:`msmtpd.owned_files` opens files: never through a
+    symlink, never a FIFO, never a hard link of another file.  A reopen
+    that fails keeps the file already open and says why in it."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = open_file(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def reopen(self) -> None:
         self.acquire()
         try:
-            self.close()
             try:
-                self.stream = self._open()
-                _ReportOnce.reported = False
+                stream = self._open()
             except OSError as exc:
-                self.handleError(logging.makeLogRecord({"msg": str(exc)}))
+                why = str(exc) if isinstance(exc, UnsafeFile) else f"{self.baseFilename}: {exc.strerror}"
+                if self.stream is None:
+                    self.handleError(logging.makeLogRecord({"msg": why}))
+                else:
+                    self.emit(logging.makeLogRecord({
+                        "msg": "cannot reopen the log file %s; still writing to the file open before",
+                        "args": (why,), "levelno": logging.ERROR, "levelname": "ERROR"}))
+                return
+            self.close()
+            self._closed = False
+            self.stream = stream
+            _ReportOnce.reported = False
         finally:
             self.release()
+
+    def descriptor(self) -> Optional[int]:
+        """The open file's descriptor, for :func:`msmtpd.privileges.hand_over`."""
+        return None if self.stream is None else self.stream.fileno()
 
 
 class _StderrHandler(_ReportOnce, logging.StreamHandler):  # type: ignore[type-arg]

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 from msmtpd import privileges
 from msmtpd.children import EXIT_BOOT_ERROR, become_subreaper, children, fork_child, is_zombie, kill
-from msmtpd.config import Config, is_number
+from msmtpd.config import Config, ConfigError, is_number
 from msmtpd.listen import describe, warn_if_open
 from msmtpd.log import ERROR, INFO, log
 from msmtpd.pidfile import PidFile
@@ -199,7 +199,10 @@ class Master:
         self.status.reloading()
         log.info("reopening the log")
         logs.reopen()
-        _hand_log_to_user(self.config)
+        try:
+            _hand_log_to_user(self.config, self.service.log_handler)
+        except ConfigError as exc:
+            log.error("%s", exc)
         for pid in list(self.workers):
             kill(pid, signal.SIGHUP)
         self.runner.signal(signal.SIGHUP)
@@ -426,10 +429,15 @@ class Master:
         self.ready_fd = None
 
 
-def _hand_log_to_user(config: Config) -> None:
-    """A log file created by root must stay writable for the workers."""
-    if config.user is not None and config.log not in ("none", "syslog", "-"):
-        privileges.hand_over(config.log, config.user)
+def _hand_log_to_user(config: Config, handler: Any) -> None:
+    """A log file created by root must stay writable for the workers: the
+    open file is handed over (by descriptor; see privileges.hand_over).
+    Raises ConfigError when the file is not one to hand over."""
+    descriptor = getattr(handler, "descriptor", None)
+    if config.user is not None and descriptor is not None:
+        fd = descriptor()
+        if fd is not None:
+            privileges.hand_over(fd, config.user)
 
 
 def run_master(config: Config, sockets: List[socket.socket], tls_context: Any = None) -> int:
@@ -452,11 +460,11 @@ def _start(config: Config, sockets: List[socket.socket], tls_context: Any) -> in
 
         shared = multiprocessing.get_context("fork").Value("d", 0.0)
     service = prepare(config, shared, tls_context)
+    _hand_log_to_user(config, service.log_handler)
     pidfile = None
     if config.pidfile is not None:
         pidfile = PidFile(config.pidfile)
         pidfile.acquire()
-    _hand_log_to_user(config)
     if config.daemon:
         from msmtpd.daemonize import run_detached
 

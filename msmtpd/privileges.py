@@ -56,13 +56,23 @@ def drop(spec: str, late_modules: Sequence[str] = ()) -> None:
     os.environ.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
 
 
-def hand_over(path: str, spec: str) -> None:
-    """Give a file root created (the log) to the account, so it stays
-    writable after the drop."""
-    if os.getuid() != 0:
+def hand_over(fd: int, spec: str) -> None:
+    """Give the log file root opened (``fd``) to the account, so it stays
+    writable after the drop.  By descriptor, never by name: the name lies in
+    a directory the account may write, and could by now be a symlink to a
+    file of root's.  Only a regular file with one link, root's or already
+    the account's, is handed over; anything else raises ConfigError."""
+    if os.geteuid() != 0:
         return
+    from msmtpd.owned_files import why_unsafe
+
     account = resolve(spec)
-    try:
-        os.chown(path, account.uid, account.gid)
-    except OSError:
-        pass
+    info = os.fstat(fd)
+    problem = why_unsafe(info, owners={0, account.uid})
+    if problem is not None:
+        raise ConfigError(f"will not hand the log file to {account.name}: it {problem}")
+    if (info.st_uid, info.st_gid) != (account.uid, account.gid):
+        try:
+            os.fchown(fd, account.uid, account.gid)
+        except OSError as exc:
+            raise ConfigError(f"cannot hand the log file to {account.name}: {exc.strerror}") from None

@@ -27,7 +27,7 @@ from msmtpd.connection import (
     TLSUnavailable,
 )
 from msmtpd.log import log
-from msmtpd.message import Spool, receive_data
+from msmtpd.message import Spool, address_literal, receive_data
 from msmtpd.replies import Reply
 from msmtpd.security import MAX_AUTH_FAILURES, SecurityVerbs, is_local
 from msmtpd.session_types import Authenticator, Closed, Deliver, Envelope, Settings
@@ -54,6 +54,13 @@ MAX_HELO_IN_HEADER = 255
 BODY_TYPES = ("7BIT", "8BITMIME")
 # RFC 3207 section 4: what a client may do before STARTTLS with --tls-required.
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT"})
+# Under overload, only these commands, when accepted (a reply under 400),
+# move a session forward (EHLO and HELO only as its first greeting); NOOP,
+# RSET, HELP, VRFY, EXPN and refused commands are junk, as in Postfix's
+# smtpd_junk_command_limit.  The connection counts STARTTLS and DATA's
+# content itself.  All are four letters, matched on a line's first four.
+PROGRESS_VERBS = frozenset({b"EHLO", b"HELO", b"AUTH", b"MAIL", b"RCPT"})
+GREETINGS = frozenset({b"EHLO", b"HELO"})
 # Control characters other than TAB have no place in a command line.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -138,8 +145,8 @@ class Session(SecurityVerbs):
             self.reply(replies.SHUTTING_DOWN.format(host=host), final=True)
             return False
         except Overloaded:
-            log.info("%s: too busy: closing a session idle for %.0f s while clients wait",
-                     self.peer or "client", self.connection.idle_seconds)
+            log.info("%s: too busy: closing a session without progress for %.0f s while"
+                     " clients wait", self.peer or "client", self.connection.unproductive_seconds)
             self.reply(replies.OVERLOADED.format(host=host), final=True)
             return False
         except Closed:
@@ -172,8 +179,14 @@ class Session(SecurityVerbs):
         return True
 
     def handle_line(self, raw: bytes) -> Optional[Reply]:
-        """Answer one command line; counts consecutive errors."""
+        """Answer one command line; counts consecutive errors and tells the
+        connection which commands were progress (see PROGRESS_VERBS)."""
+        greeted = self.helo is not None
         reply = self._dispatch(raw)
+        if reply is not None and reply.code < 400:
+            verb = raw.lstrip()[:4].upper()
+            if verb in PROGRESS_VERBS and not (greeted and verb in GREETINGS):
+                self.connection.progressed()
         if reply is None or not reply.is_error:
             self.errors = 0
             return reply
@@ -421,7 +434,7 @@ class Session(SecurityVerbs):
             protocol += "A"
         tls = f" ({self.tls})" if self.tls is not None else ""
         date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
-        peer = f"[{self.peer}]" if self.peer else "[local]"
+        peer = address_literal(self.peer) if self.peer else "[local]"
         return (
             f"Received: from {helo} ({peer})\n"
             f"\tby {self.settings.hostname} (msmtpd) with {protocol}{tls};\n"

@@ -208,7 +208,7 @@ class Worker:
             if session is None or session.idle or time.monotonic() >= self.stop_deadline:
                 raise ShutdownRequested()
             return
-        if (connection.awaiting_command and connection.idle_seconds >= OVERLOAD_IDLE_SECONDS
+        if (connection.awaiting_command and connection.unproductive_seconds >= OVERLOAD_IDLE_SECONDS
                 and self._pool_overloaded()):
             raise Overloaded()
 

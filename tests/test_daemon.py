@@ -278,7 +278,7 @@ def test_two_interfaces_ipv4_and_ipv6(tmp_path: Path) -> None:
         send_mail(port, "over v6", "::1")
     mails = wait_for_mails(tmp_path, 2)
     assert len(mails) == 2
-    assert any(b"[::1]" in m for m in mails) and any(b"[127.0.0.1]" in m for m in mails)
+    assert any(b"[IPv6:::1]" in m for m in mails) and any(b"[127.0.0.1]" in m for m in mails)
 
 
 def test_process_titles(tmp_path: Path) -> None:

@@ -1,17 +1,25 @@
-"""``--auth-file``: several users from an htpasswd file, each optionally
-bound to the sender addresses it may use.
+"""``--auth-file``: several users from an htpasswd file.
 
-A line is ``user:hash`` as ``htpasswd -B`` writes it, or
-``user:hash:SENDERS`` with a comma-separated list of addresses
-(``alice@example.org``) and domains (``@example.org``).  Only bcrypt hashes
+A line is ``user:hash`` as ``htpasswd -B`` writes it.  Only bcrypt hashes
 are accepted: a plain-text password or another scheme is refused at
-start-up, naming the line.  ``bcrypt`` is imported only on this path.
+start-up, naming the line.  The senders a user may use are in ``--senders``
+(a third field here is refused: htpasswd drops it when it changes a
+password).  ``bcrypt`` is imported only on this path.
+
+Timing tells nothing.  Every AUTH costs the bcrypt work of one check at the
+highest cost in the file, whatever the name and the password: a user whose
+hash is cheaper (cost c, highest cost M) is checked against its own hash,
+then against decoy hashes of costs c, c+1, ..., M-1, whose work (2^c + ...
++ 2^(M-1) = 2^M - 2^c rounds) tops it up to exactly 2^M; an unknown name, a
+password with a NUL or a malformed exchange is checked against one decoy of
+cost M.  The decoys are made when the file is read (in the master, before
+the workers fork), so no first AUTH in a worker costs more.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 # Imported with this module, before any process drops privileges (the
 # sessions' user may not be able to read the Python installation).
@@ -19,35 +27,27 @@ import bcrypt
 
 from msmtpd.auth import FailureClock, delay_after_failure
 from msmtpd.config import ConfigError
+from msmtpd.senders import read_text
 
 # What htpasswd -B writes ($2y$), and the other bcrypt prefixes: cost, then
 # 22 characters of salt and 31 of hash in bcrypt's base64 alphabet.
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+# Each step doubles a check: 12 is about a quarter of a second, 14 one
+# second; above that every AUTH (and every decoy) would take seconds to days.
+MAX_BCRYPT_COST = 14
 # bcrypt uses the first 72 bytes of a password; htpasswd -B truncates the
 # same way, so a longer password still matches what htpasswd stored.
 BCRYPT_MAX_PASSWORD = 72
-# An htpasswd file is a handful of users; this bounds a file read by mistake.
-MAX_FILE_BYTES = 1 << 20
+# The hash part of a decoy: never compared as a match, only its salt and cost are used.
+DECOY_HASH = b"." * 31
 
 
 class Account:
-    """One user's bcrypt hash and, if restricted, the senders it may use."""
+    """One user's bcrypt hash."""
 
-    def __init__(self, password_hash: bytes, addresses: frozenset[str],
-                 domains: frozenset[str], restricted: bool) -> None:
+    def __init__(self, password_hash: bytes) -> None:
         self.password_hash = password_hash
-        self.addresses = addresses  # "local@domain", the domain in lower case
-        self.domains = domains  # "domain", in lower case
-        self.restricted = restricted
-
-    def may_send(self, sender: str) -> bool:
-        if not self.restricted:
-            return True
-        local, at, domain = sender.rpartition("@")
-        if not at or not local:
-            return False  # the null sender, or no domain: not in any list
-        domain = domain.lower()
-        return f"{local}@{domain}" in self.addresses or domain in self.domains
+        self.cost = int(password_hash[4:6])
 
 
 class Accounts:
@@ -56,23 +56,28 @@ class Accounts:
     def __init__(self, users: Dict[str, Account], clock: FailureClock) -> None:
         self.users = users
         self.clock = clock
-        self._decoy: Optional[bytes] = None
+        self.cost = max(account.cost for account in users.values())
+        # A decoy of every cost up to the highest: random salts, so that
+        # bcrypt really runs, and no hashpw at start-up.
+        self._decoys = {cost: bcrypt.gensalt(cost, prefix=b"2b") + DECOY_HASH
+                        for cost in range(min(a.cost for a in users.values()), self.cost + 1)}
 
-    def check(self, user: str, password: str) -> bool:
-        secret = password.encode("utf-8")[:BCRYPT_MAX_PASSWORD]
-        account = self.users.get(user)
+    def check(self, user: bytes, password: bytes) -> bool:
+        """Whether ``password`` (exactly these bytes) is ``user``'s; always
+        the work of one check at the file's highest cost."""
+        secret = password[:BCRYPT_MAX_PASSWORD]
+        # No htpasswd password holds a NUL (and older bcrypt refuses one):
+        # such a password never matches, after the same work as any other.
+        usable = b"\0" not in secret
+        secret = secret.replace(b"\0", b"")
+        account = self.users.get(_name(user))
         if account is None:
-            # Spend the same time as for a real user, so that the answer's
-            # delay does not tell which user names exist.
-            bcrypt.checkpw(secret.replace(b"\0", b""), self._decoy_hash())
+            bcrypt.checkpw(secret, self._decoys[self.cost])
             return False
-        if b"\0" in secret:
-            return False  # no htpasswd password holds a NUL; bcrypt would refuse it
-        return bool(bcrypt.checkpw(secret, account.password_hash))
-
-    def may_send(self, user: str, sender: str) -> bool:
-        account = self.users.get(user)
-        return account is not None and account.may_send(sender)
+        matched = bool(bcrypt.checkpw(secret, account.password_hash))
+        for cost in range(account.cost, self.cost):
+            bcrypt.checkpw(secret, self._decoys[cost])
+        return matched and usable
 
     def wait(self) -> None:
         delay_after_failure(self.clock)
@@ -80,33 +85,19 @@ class Accounts:
     def failed(self) -> None:
         self.clock.record()
 
-    def _decoy_hash(self) -> bytes:
-        if self._decoy is None:
-            costs = [int(a.password_hash[4:6]) for a in self.users.values()] or [5]
-            self._decoy = bcrypt.hashpw(b"decoy", bcrypt.gensalt(max(costs), prefix=b"2b"))
-        return self._decoy
+
+def _name(user: bytes) -> str:
+    """The user name the client sent; one that is not UTF-8 names no
+    user of the file (which is UTF-8 text)."""
+    try:
+        return user.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
 
 
 def load_accounts(path: str, clock: FailureClock) -> Accounts:
     """Read ``path``; ConfigError names the file and line of the first problem."""
-    import os
-    import stat
-
-    try:
-        # Non-blocking, so that a FIFO named by mistake cannot hang a SIGHUP.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"invalid --auth-file {path}: not a regular file")
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read --auth-file {path}: {exc.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"invalid --auth-file {path}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"invalid --auth-file {path}: not UTF-8 text") from None
+    text = read_text(path, "--auth-file")
     users: Dict[str, Account] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -126,33 +117,24 @@ def load_accounts(path: str, clock: FailureClock) -> Accounts:
 
 
 def parse_line(line: str) -> Tuple[str, Account]:
-    """``user:hash[:senders]``; ValueError says what is wrong (never the hash)."""
+    """``user:hash``; ValueError says what is wrong (never the hash)."""
     user, _, rest = line.partition(":")
-    password_hash, third, senders = rest.partition(":")
+    password_hash, third, _senders = rest.partition(":")
     if not user or any(c.isspace() or not c.isprintable() for c in user):
         raise ValueError("expected user:hash as written by htpasswd -B")
     if not BCRYPT_HASH.fullmatch(password_hash):
         scheme = _scheme_of(password_hash)
         raise ValueError(f"user '{user}' has {scheme}; only bcrypt hashes are accepted"
                          " (htpasswd -B)")
-    addresses, domains = set(), set()
-    for item in senders.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        local, at, domain = item.rpartition("@")
-        if not at or not domain or "@" in local or any(c.isspace() for c in item):
-            raise ValueError(f"invalid sender '{item}' for user '{user}'"
-                             " (expected alice@example.org or @example.org)")
-        if local:
-            addresses.add(f"{local}@{domain.lower()}")
-        else:
-            domains.add(domain.lower())
-    if third and not addresses and not domains:
-        raise ValueError(f"user '{user}' has an empty list of senders"
-                         " (leave out the third field to allow any sender)")
-    return user, Account(password_hash.encode("ascii"), frozenset(addresses),
-                         frozenset(domains), restricted=bool(third))
+    if third:
+        raise ValueError(f"user '{user}' has a third field: the senders a user may use now go"
+                         f" in a --senders file (a line '{user}: alice@example.org, @example.org'),"
+                         " where htpasswd cannot drop them")
+    account = Account(password_hash.encode("ascii"))
+    if account.cost > MAX_BCRYPT_COST:
+        raise ValueError(f"user '{user}' has a bcrypt cost of {account.cost}; at most"
+                         f" {MAX_BCRYPT_COST} is accepted (each step doubles every AUTH's time)")
+    return user, account
 
 
 def _scheme_of(password_hash: str) -> str:

@@ -3,6 +3,9 @@ the brute-force delay.
 
 The password is obtained before binding, daemonising or dropping
 privileges, so every failure reaches the terminal.  It is never logged.
+Passwords are bytes: a client's password matches when it sends exactly
+these bytes, never after decoding (with replacement characters) makes two
+different passwords equal.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ KEYRING_SERVICE = "smtp"
 KEYRING_FALLBACK_SERVICE = "msmtpd"
 
 
-def password_from_eval(command: str) -> str:
+def password_from_eval(command: str) -> bytes:
     """The first line of ``command``'s output, as msmtp's passwordeval."""
     try:
         result = subprocess.run(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
@@ -37,10 +40,10 @@ def password_from_eval(command: str) -> str:
     first = result.stdout.split(b"\n", 1)[0].rstrip(b"\r")
     if not first:
         raise ConfigError("the passwordeval command printed no password")
-    return first.decode("utf-8", "replace")
+    return first
 
 
-def password_from_libsecret(user: str) -> Optional[str]:
+def password_from_libsecret(user: str) -> Optional[bytes]:
     """The secret stored with ``secret-tool store ... host localhost service smtp user USER``."""
     try:
         import secretstorage  # comes with keyring on Linux
@@ -55,7 +58,7 @@ def password_from_libsecret(user: str) -> Optional[str]:
                 if item.is_locked():
                     item.unlock()
                 secret: bytes = item.get_secret()
-                return secret.decode("utf-8")
+                return secret
         finally:
             connection.close()
     except Exception:  # no D-Bus session, no secret service, locked: try the next source
@@ -63,32 +66,33 @@ def password_from_libsecret(user: str) -> Optional[str]:
     return None
 
 
-def password_from_keyring(user: str) -> Optional[str]:
+def password_from_keyring(user: str) -> Optional[bytes]:
     try:
         import keyring
         import keyring.errors
 
         value: Optional[str] = keyring.get_password(KEYRING_FALLBACK_SERVICE, user)
-        return value
+        return None if value is None else value.encode("utf-8", "surrogateescape")
     except Exception:  # keyring raises many kinds when no backend works
         return None
 
 
-def password_from_prompt(user: str) -> Optional[str]:
+def password_from_prompt(user: str) -> Optional[bytes]:
     if not sys.stdin.isatty():
         return None
     import getpass
 
     try:
-        return getpass.getpass(f"password for {user} at {KEYRING_HOST}: ")
+        typed = getpass.getpass(f"password for {user} at {KEYRING_HOST}: ")
     except (EOFError, KeyboardInterrupt):
         return None
+    return typed.encode("utf-8", "surrogateescape")
 
 
-def obtain_password(user: str, passwordeval: Optional[str]) -> str:
+def obtain_password(user: str, passwordeval: Optional[str]) -> bytes:
     if passwordeval is not None:
         return password_from_eval(passwordeval)
-    sources: tuple[Callable[[str], Optional[str]], ...] = (
+    sources: tuple[Callable[[str], Optional[bytes]], ...] = (
         password_from_libsecret, password_from_keyring, password_from_prompt)
     for source in sources:
         password = source(user)
@@ -127,23 +131,30 @@ def delay_after_failure(clock: FailureClock) -> None:
 class PasswordCheck:
     """The session's Authenticator for one user name and password."""
 
-    def __init__(self, user: str, password: str, clock: FailureClock) -> None:
-        self._user = user.encode("utf-8")
-        self._password = password.encode("utf-8")
+    def __init__(self, user: str, password: bytes | str, clock: FailureClock) -> None:
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        self._user = _digest(user.encode("utf-8"))
+        self._password = _digest(password)
         self._clock = clock
 
-    def check(self, user: str, password: str) -> bool:
+    def check(self, user: bytes, password: bytes) -> bool:
+        """Both compared in full, in constant time, as digests of one
+        length, so neither the time nor the lengths tell anything."""
         import hmac
 
-        user_ok = hmac.compare_digest(user.encode("utf-8"), self._user)
-        password_ok = hmac.compare_digest(password.encode("utf-8"), self._password)
-        return user_ok and password_ok
-
-    def may_send(self, user: str, sender: str) -> bool:
-        return True  # --auth names no senders
+        user_ok = hmac.compare_digest(_digest(user), self._user)
+        password_ok = hmac.compare_digest(_digest(password), self._password)
+        return user_ok & password_ok
 
     def wait(self) -> None:
         delay_after_failure(self._clock)
 
     def failed(self) -> None:
         self._clock.record()
+
+
+def _digest(secret: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(secret).digest()

@@ -68,9 +68,11 @@ Options:
                          require authentication as USER; the password comes
                          from PASSWORDEVAL, else the key ring, else a prompt
   --auth-file=FILE       require authentication as one of the users of FILE
-                         (htpasswd -B format, user:hash[:senders]; the
-                         optional senders, alice@example.org or @example.org,
-                         are all that user may give in MAIL FROM)
+                         (htpasswd -B format, user:hash)
+  --senders=FILE         with --auth or --auth-file: the senders each user
+                         may give in MAIL FROM, lines
+                         'user: alice@example.org, @example.org'; a user
+                         not in FILE may send as nobody (default: any)
   --allow=CIDR           only clients from this network may connect, others
                          get 554 (repeatable; default: every client)
   --timeout=SECONDS      a command line must arrive, and a reply be read,
@@ -133,7 +135,8 @@ FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
 VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
                  "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers",
-                 "--auth-file", "--allow", "--queue", "--queue-workers", "--queue-lifetime")
+                 "--auth-file", "--allow", "--queue", "--queue-workers", "--queue-lifetime",
+                 "--senders")
 OPTIONS = FLAGS + VALUE_OPTIONS
 # The C msmtpd's options: an abbreviation that fits one of these and only
 # new options besides (``--comm`` for --command, not --command-timeout)
@@ -209,6 +212,7 @@ SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
     "--idle-exit": ("idle_exit", parse_seconds),
     "--spare-workers": ("spare_workers", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
     "--auth-file": ("auth_file", _text),
+    "--senders": ("senders", lambda value, option: _absolute(value)),
     "--queue": ("queue", lambda value, option: _absolute(value)),
     "--queue-workers": ("queue_workers",
                         lambda value, option: parse_count(value, option, 1, MAX_QUEUE_WORKERS)),
@@ -264,6 +268,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         if config.inetd:
             raise UsageError("--check cannot be combined with --inetd")
         return config  # the server's other options may be given; only the address counts
+    if config.senders is not None and config.auth_user is None and config.auth_file is None:
+        raise UsageError("--senders needs --auth or --auth-file")
     if config.tls_cert is None:
         for option, given in (("--tls-key", config.tls_key is not None),
                               ("--tls-implicit", config.tls_implicit),

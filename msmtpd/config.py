@@ -68,6 +68,7 @@ class Config:
         self.idle_exit: Optional[float] = None
         self.spare_workers = DEFAULT_SPARE_WORKERS
         self.auth_file: Optional[str] = None
+        self.senders: Optional[str] = None  # --senders, an absolute path
         self.allow: List[Any] = []  # ipaddress networks, from msmtpd.allow.parse_network
         self.check = False
         # --queue (store and forward) and its companions

@@ -1,5 +1,5 @@
-"""What SIGHUP re-reads besides the log: the TLS certificate and the
-``--auth-file`` users.  The master (still root under --user) reads them;
+"""What SIGHUP re-reads besides the log: the TLS certificate, the
+``--auth-file`` users and the ``--senders`` bindings.  The master (still root under --user) reads them;
 a file that fails to load is logged and the old one stays."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ def reload_settings(config: Config, settings: Settings) -> bool:
         renew |= _reload_tls(config, settings)
     if config.auth_file is not None:
         renew |= _reload_accounts(config, settings)
+    if config.senders is not None:
+        renew |= _reload_senders(config, settings)
     return renew
 
 
@@ -43,4 +45,17 @@ def _reload_accounts(config: Config, settings: Settings) -> bool:
         log.error("keeping the old users: %s", exc)
         return False
     log.info("%d users reloaded from %s", len(settings.auth.users), config.auth_file)
+    return True
+
+
+def _reload_senders(config: Config, settings: Settings) -> bool:
+    from msmtpd.senders import load_senders
+
+    assert config.senders is not None
+    try:
+        settings.senders = load_senders(config.senders)
+    except ConfigError as exc:
+        log.error("keeping the old senders: %s", exc)
+        return False
+    log.info("senders of %d users reloaded from %s", len(settings.senders.bindings), config.senders)
     return True

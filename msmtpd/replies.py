@@ -77,6 +77,12 @@ AUTH_REQUIRED = Reply(530, "5.7.0 Authentication required")
 AUTH_FAILED = Reply(535, "5.7.8 Authentication credentials invalid")
 AUTH_CANCELLED = Reply(501, "5.7.0 Authentication cancelled")
 AUTH_BAD_BASE64 = Reply(501, "5.5.2 Cannot decode the response (bad base64)")
+# RFC 4954 section 4: "=" is an empty initial response, which holds no PLAIN credentials.
+AUTH_PLAIN_EMPTY = Reply(501, "5.5.2 Empty response: AUTH PLAIN needs [authzid] NUL user NUL password")
+AUTH_PLAIN_MALFORMED = Reply(501, "5.5.2 AUTH PLAIN needs [authzid] NUL user NUL password")
+# RFC 4616 section 2: an authorization identity that is neither empty nor the user's own.
+AUTH_OTHER_IDENTITY = Reply(535, "5.7.8 Authentication refused: the authorization identity"
+                                 " must be empty or the user name")
 AUTH_MECHANISM = Reply(504, "5.5.4 Unsupported authentication mechanism; use PLAIN or LOGIN")
 AUTH_OK = Reply(235, "2.7.0 Authentication successful")
 AUTH_CHALLENGE = Reply(334, "{challenge}")

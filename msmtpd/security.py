@@ -6,18 +6,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from msmtpd import replies
 from msmtpd.connection import Connection
 from msmtpd.log import log
 from msmtpd.replies import Reply
-from msmtpd.session_types import Closed, Envelope, Settings
+from msmtpd.session_types import Authenticator, Closed, Envelope, Settings
 
 # A session that fails authentication this often is closed.
 MAX_AUTH_FAILURES = 3
 # The longest AUTH answer, as for a command line.
 MAX_AUTH_LINE = 4096
+# What an exchange that gave no usable credentials is checked as: no
+# user's name is empty, so this costs the work of an unknown name.
+NO_CREDENTIALS = (b"", b"")
+
+
+class Credentials(NamedTuple):
+    """What the client sent, exactly as bytes: nothing is decoded before
+    the comparison, so two different passwords can never become equal."""
+
+    user: bytes
+    password: bytes
+    authzid: bytes = b""  # AUTH PLAIN's authorization identity (RFC 4616)
 
 
 class SecurityVerbs:
@@ -82,47 +94,66 @@ class SecurityVerbs:
         mechanism, _, initial = argument.partition(" ")
         mechanism = mechanism.upper()
         if mechanism == "PLAIN":
-            credentials = self._auth_plain(initial.strip())
+            exchange = self._auth_plain(initial.strip())
         elif mechanism == "LOGIN":
-            credentials = self._auth_login(initial.strip())
+            exchange = self._auth_login(initial.strip())
         elif not mechanism:
             return replies.SYNTAX.format(usage="AUTH mechanism [initial-response]")
         else:
             return replies.AUTH_MECHANISM
-        if isinstance(credentials, Reply):
-            return credentials
-        user, password = credentials
+        return self._authenticate(auth, exchange)
+
+    def _authenticate(self, auth: Authenticator, exchange: Credentials | Reply) -> Reply:
+        """Check what the exchange gave.  Whatever it gave (nothing usable,
+        an unknown name, a known one) costs the same delay and the same
+        work, so the answer's time tells nothing."""
         auth.wait()
-        if auth.check(user, password):
+        if isinstance(exchange, Reply):
+            auth.check(*NO_CREDENTIALS)
+            return exchange
+        matched = auth.check(exchange.user, exchange.password)
+        user = exchange.user.decode("utf-8", "replace")
+        # RFC 4616 section 2: an authorization identity other than the
+        # user's own would be acting as someone else, which no one may.
+        as_self = exchange.authzid in (b"", exchange.user)
+        if matched and as_self:
             self.authenticated_user = user
             log.info("%s: authenticated as %s", self.peer or "client", user)
             return replies.AUTH_OK
         auth.failed()
         self.auth_failures += 1
-        log.info("%s: authentication failed for user %s", self.peer or "client", user)
+        if as_self:
+            log.info("%s: authentication failed for user %s", self.peer or "client", user)
+            reply = replies.AUTH_FAILED
+        else:
+            log.info("%s: authentication failed for user %s: may not act as %s",
+                     self.peer or "client", user, exchange.authzid.decode("utf-8", "replace"))
+            reply = replies.AUTH_OTHER_IDENTITY
         if self.auth_failures >= MAX_AUTH_FAILURES:
-            self.reply(replies.AUTH_FAILED)
+            self.reply(reply)
             return replies.TOO_MANY_AUTH_FAILURES.format(host=self.settings.hostname)
-        return replies.AUTH_FAILED
+        return reply
 
-    def _auth_plain(self, initial: str) -> tuple[str, str] | Reply:
+    def _auth_plain(self, initial: str) -> Credentials | Reply:
         decoded = self._answer("", initial)
         if isinstance(decoded, Reply):
             return decoded
+        if not decoded:
+            return replies.AUTH_PLAIN_EMPTY
         parts = decoded.split(b"\0")
         if len(parts) != 3:
-            return replies.AUTH_BAD_BASE64
-        _authzid, user, password = parts
-        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+            return replies.AUTH_PLAIN_MALFORMED
+        authzid, user, password = parts
+        return Credentials(user, password, authzid)
 
-    def _auth_login(self, initial: str) -> tuple[str, str] | Reply:
+    def _auth_login(self, initial: str) -> Credentials | Reply:
         user = self._answer("VXNlcm5hbWU6", initial)  # "Username:"
         if isinstance(user, Reply):
             return user
         password = self._answer("UGFzc3dvcmQ6")  # "Password:"
         if isinstance(password, Reply):
             return password
-        return user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+        return Credentials(user, password)
 
     def _answer(self, challenge: str, initial: str = "") -> bytes | Reply:
         """The client's answer, decoded: the initial response if it gave
@@ -132,6 +163,8 @@ class SecurityVerbs:
             if isinstance(response, Reply):
                 return response
             initial = response
+        if initial == "=":
+            return b""  # RFC 4954 section 4: an empty (initial) response
         decoded = _b64decode(initial)
         return replies.AUTH_BAD_BASE64 if decoded is None else decoded
 

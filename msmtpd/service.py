@@ -78,6 +78,10 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
         from msmtpd.auth import FailureClock
 
         settings.auth = load_accounts(config.auth_file, FailureClock(shared_failure_time))
+    if config.senders is not None:
+        from msmtpd.senders import load_senders
+
+        settings.senders = load_senders(config.senders)
     if config.allow:
         from msmtpd.allow import AllowList
 

@@ -315,9 +315,10 @@ class Session(SecurityVerbs):
         sender = self._check_path(path, envelope, allow_null=True)
         if isinstance(sender, Reply):
             return sender
-        user, auth = self.authenticated_user, self.settings.auth
-        if user is not None and auth is not None and not auth.may_send(user, sender):
-            log.info("%s: user %s may not send as <%s>", self.peer or "client", user, sender)
+        user, senders = self.authenticated_user, self.settings.senders
+        if user is not None and senders is not None and not senders.may_send(user, sender):
+            log.info("%s: user %s may not send as <%s> (--senders)", self.peer or "client",
+                     user, sender)
             return replies.SENDER_NOT_ALLOWED
         envelope.sender = sender
         self.envelope = envelope

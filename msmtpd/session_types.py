@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from msmtpd.allow import AllowList
     from msmtpd.message import Spool
     from msmtpd.replies import Reply
+    from msmtpd.senders import Senders
 
 
 class Deliver(Protocol):
@@ -17,13 +18,13 @@ class Deliver(Protocol):
 
 
 class Authenticator(Protocol):
-    """Checks credentials and who may send as whom; ``wait`` applies the brute-force delay before an
+    """Checks credentials; ``wait`` applies the brute-force delay before an
     AUTH answer, ``failed`` records a failure for it."""
 
-    def check(self, user: str, password: str) -> bool: ...
-
-    def may_send(self, user: str, sender: str) -> bool:
-        """Whether an authenticated ``user`` may give ``sender`` in MAIL FROM."""
+    def check(self, user: bytes, password: bytes) -> bool:
+        """Whether these exact bytes are a user's name and password; the
+        same work whatever they are (``b"", b""`` for an exchange that
+        gave no credentials), so the time of the answer tells nothing."""
         ...
 
     def wait(self) -> None: ...
@@ -37,7 +38,8 @@ class Settings:
     def __init__(self, hostname: str = "localhost", max_size: int = 0,
                  spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
                  shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
-                 tls_required: bool = False, allow: Optional[AllowList] = None) -> None:
+                 tls_required: bool = False, allow: Optional[AllowList] = None,
+                 senders: Optional[Senders] = None) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
@@ -47,6 +49,7 @@ class Settings:
         self.tls_implicit = tls_implicit
         self.tls_required = tls_required
         self.allow = allow  # --allow: the client networks that may connect
+        self.senders = senders  # --senders: whom each authenticated user may send as
 
 
 class Envelope:

@@ -183,3 +183,45 @@ def run_inetd(args: Sequence[str], conversation: bytes, timeout: float = 20.0
               ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([program("msmtpd"), "--inetd", *args], input=conversation,
                           capture_output=True, timeout=timeout)
+
+
+def htpasswd(path: Path, user: str, password: bytes | str, *flags: str) -> None:
+    """Set ``user``'s password in ``path`` with the real htpasswd (``-B``
+    for bcrypt, ``-C COST``); ``password`` goes on its command line as is,
+    bytes included."""
+    secret = password if isinstance(password, bytes) else password.encode()
+    create = [] if path.exists() else ["-c"]
+    done = subprocess.run([tool("htpasswd"), *create, "-b", *flags, str(path), user, secret],
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def log_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def wait_for_log(path: Path, text: str, count: int = 1, timeout: float = 15.0) -> str:
+    """The log at ``path`` once ``count`` of its lines hold ``text``."""
+    def enough() -> bool:
+        return sum(text in line for line in log_text(path).splitlines()) >= count
+
+    assert wait_until(enough, timeout), f"no {count} log lines with {text!r}:\n{log_text(path)}"
+    return log_text(path)
+
+
+def converse(settings: Any, *lines: bytes | str, peer: str = "192.0.2.7") -> List[str]:
+    """A whole session in memory (no sockets) on ``settings`` (a
+    msmtpd.session.Settings): the reply lines, each ``CODE text``; every
+    mail is answered as delivered."""
+    import io
+
+    from msmtpd import replies
+    from msmtpd.connection import in_memory
+    from msmtpd.session import Session
+
+    script = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\r\n" for line in lines)
+    writer = io.BytesIO()
+    Session(in_memory(io.BytesIO(script).read1, writer), settings,
+            lambda envelope, spool: replies.DELIVERED, peer).run()
+    return [line for line in writer.getvalue().decode("utf-8", "replace").split("\r\n")[:-1]
+            if line[3:4] == " "]

@@ -1,6 +1,7 @@
 """--auth-file with real processes: a users file written by the real
 ``htpasswd -B``, users logging in with smtplib, swaks and curl, senders
-bound to users, SIGHUP re-reading the file, and broken files."""
+bound to users (--senders), SIGHUP re-reading the file, and broken files.
+More of --senders: tests/test_senders.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from tests import helpers
 from tests.test_tls import WAIT, Daemon, message, run_daemons, stop_daemons
 
 PASSWORDS = {"alice": "alice secret 1", "bob": "b0b-pw:with:colons", "carol": "carol-pw"}
-BOB_SENDERS = "bob@example.org,@bob.example"
+SENDERS = ("# who may send as whom\n"
+           "alice: alice@example.org, @example.com\n"
+           "bob: bob@example.org,@bob.example\n")
 
 
 def htpasswd(path: Path, user: str, *flags: str) -> None:
@@ -34,16 +37,20 @@ def users_file(directory: Path) -> Path:
     path = directory / "users"
     htpasswd(path, "alice", "-B")
     htpasswd(path, "bob", "-B")
-    # The optional third field: the senders bob may use.
-    lines = path.read_text().splitlines()
-    path.write_text("# msmtpd users\n\n" + "\n".join(
-        f"{line}:{BOB_SENDERS}" if line.startswith("bob:") else line for line in lines) + "\n")
+    path.write_text("# msmtpd users\n\n" + path.read_text())
+    return path
+
+
+def senders_file(directory: Path) -> Path:
+    path = directory / "senders"
+    path.write_text(SENDERS)
     return path
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    started = Daemon(tmp_path, "users", [f"--auth-file={users_file(tmp_path)}"])
+    started = Daemon(tmp_path, "users", [f"--auth-file={users_file(tmp_path)}",
+                                         f"--senders={senders_file(tmp_path)}"])
     run_daemons(started)
     try:
         yield started
@@ -58,7 +65,7 @@ def send_as(daemon: Daemon, user: str, sender: str, password: str = "") -> None:
 
 
 def test_htpasswd_users_log_in_with_smtplib_and_mail_is_delivered(daemon: Daemon) -> None:
-    send_as(daemon, "alice", "anyone@example.com")  # no sender list: any sender
+    send_as(daemon, "alice", "anyone@example.com")  # a whole domain
     send_as(daemon, "bob", "bob@example.org")
     assert len(helpers.wait_for_mails(daemon.maildir, 2)) == 2
     log = daemon.log_text()
@@ -192,7 +199,7 @@ def test_inetd_session_with_an_auth_file(tmp_path: Path) -> None:
     conversation = (f"EHLO client.test\r\nMAIL FROM:<bob@example.org>\r\nAUTH PLAIN {token}\r\n"
                     "MAIL FROM:<eve@example.org>\r\nMAIL FROM:<bob@example.org>\r\n"
                     "RCPT TO:<dest@example.net>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n")
-    done = helpers.run_inetd([f"--auth-file={users_file(tmp_path)}",
+    done = helpers.run_inetd([f"--auth-file={users_file(tmp_path)}", f"--senders={senders_file(tmp_path)}",
                               f"--command={helpers.maildir_command(maildir)}"],
                              conversation.encode())
     codes = [line[:3] for line in done.stdout.decode().split("\r\n") if line[3:4] == " "]

@@ -128,15 +128,17 @@ def _check_owner(directory: str, fd: int, user: Optional[str], purpose: str) -> 
     status = os.fstat(fd)
     owner = status.st_uid
     writer = _uid_of(user)
-    who = f"--user {user}"
     if writer is None:
-        who = f"the user msmtpd runs as, {owner_name(os.geteuid())}"
         if purpose == SERVE:
             writer = os.geteuid()
         elif purpose == FLUSH:  # root delivers as DIR's owner
             writer = owner if os.geteuid() == 0 else os.geteuid()
     if writer is None:
         return owner
+    if owner == writer and (writer == 0 or status.st_mode & OWNER_WRITES == OWNER_WRITES):
+        return owner  # the usual case: no account looked up
+    who = (f"--user {user}" if user is not None
+           else f"the user msmtpd runs as, {owner_name(os.geteuid())}")
     if owner not in (0, writer):
         raise QueueError(f"queue directory {directory} is owned by {owner_name(owner)},"
                          f" not by root or {who}")

@@ -129,7 +129,14 @@ class Runner:
                 self.sharing = True
                 return
             fifo = make_fifo(directory)
-            self.fifo = open_checked(fifo, os.O_RDONLY, stat.S_IFIFO, owner, label=fifo)
+            reader = open_checked(fifo, os.O_RDONLY, stat.S_IFIFO, owner, label=fifo)
+            try:  # our own writer keeps the FIFO from reading as "end of file" forever
+                self._fifo_writer = open_checked(fifo, os.O_WRONLY, stat.S_IFIFO, owner,
+                                                 label=fifo)
+            except BaseException:
+                os.close(reader)
+                raise
+            self.fifo = reader
         except (OSError, UnsafeFile) as exc:
             if not self.unsafe_reported:
                 log.error("queue %s: no wake-ups: %s", directory,
@@ -141,8 +148,6 @@ class Runner:
             os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # a full disk: the lock is what counts
-        # Our own writer keeps the FIFO from reading as "end of file" forever.
-        self._fifo_writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if self.sharing:
             log.info("queue %s: runner %d takes over the wake-ups", directory, os.getpid())
 

@@ -136,9 +136,9 @@ def test_roots_queue_list_neither_follows_nor_waits_on_planted_files(shared: Pat
 def test_roots_flush_delivers_as_the_queues_owner_and_never_a_planted_file(
         shared: Path, tmp_path: Path) -> None:
     queue, secret = queue_with_planted_files(shared, tmp_path, fifo=False)
-    log = tmp_path / "flush.log"
-    flush = msmtpd(f"--queue={queue}", "--queue-flush", f"--command={recorder(shared)}",
-                   f"--log={log}", timeout=60)
+    log, command = tmp_path / "flush.log", recorder(shared)
+    flush = msmtpd(f"--queue={queue}", "--queue-flush", f"--command={command}", f"--log={log}",
+                   timeout=60)
     mails = recorded(shared)
     assert not any("TOP SECRET" in mail for mail in mails), mails
     # The legit mail is delivered, as the queue's owner: root never delivers from it.
@@ -154,7 +154,7 @@ def test_roots_flush_delivers_as_the_queues_owner_and_never_a_planted_file(
     # A FIFO planted as an envelope holds up no flush.
     nobody_runs(f"mkfifo {queue}/{FIFO_ID}.env && echo x > {queue}/{FIFO_ID}.msg")
     try:
-        again = msmtpd(f"--queue={queue}", "--queue-flush", f"--command={recorder(shared)}",
+        again = msmtpd(f"--queue={queue}", "--queue-flush", f"--command={command}",
                        f"--log={log}", timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail("--queue-flush hangs on a FIFO named ID.env")

@@ -85,6 +85,10 @@ def test_a_full_disk_backs_off_doubling_and_logs_once_per_back_off(full_queue: P
                                    b".\r\nQUIT\r\n")
         assert b"queued as" in stored.stdout, stored.stderr
         ids[recipient] = stored.stdout.split(b"queued as ")[1].split(b"\r\n")[0].decode()
+    # A daemon ran on DIR before: its runner lock file is there, with a pid.
+    lock = os.open(full_queue / ".runner", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(lock, b"1\n")
+    os.close(lock)
     filler = fill(full_queue)
     log = tmp_path / "log"
     env = dict(os.environ, MSMTPD_QUEUE_RETRY_SECONDS=FIRST_RETRY)

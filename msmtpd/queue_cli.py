@@ -1,39 +1,62 @@
 """``--queue-list`` and ``--queue-flush``: looking at and pushing the queue
 from the command line (cron, a systemd timer, a person).
 
-``--queue-flush`` asks the daemon running on DIR when there is one (the
-process holding DIR's runner lock gets SIGUSR1, and we wait, bounded, until
-every mail queued at that moment has had an attempt since); otherwise it
-tries each queued mail once itself, respecting the per-mail locks.
+``--queue-flush`` asks the daemon running on DIR when there is one (a
+runner holds DIR's runner lock and reads the wake-up FIFO: we write the
+byte that means "try everything now", and wait, bounded, until every mail
+queued at that moment has had an attempt since); otherwise it tries each
+queued mail once itself, respecting the per-mail locks, as ``--user`` or,
+run by root without it, as DIR's owner.  No pid is read from DIR and no
+process is signalled: DIR is writable by the sessions' user.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
 import signal
+import stat
 import sys
 import time
-from typing import List, Optional
+from typing import List
 
 from msmtpd.config import Config, ConfigError
-from msmtpd.queue_store import RUNNER_LOCK, Envelope, Queue, escape, iso_time
+from msmtpd.queue_directory import (
+    FLUSH,
+    LIST,
+    RUNNER_LOCK,
+    WAKE_FLUSH,
+    QueueError,
+    check_directory,
+    delivery_user,
+)
+from msmtpd.queue_envelope import Envelope, escape, iso_time
+from msmtpd.queue_store import Queue
+from msmtpd.safe_files import UnsafeFile, open_checked
 
 EXIT_EMPTY = 0
 EXIT_REMAINING = 75  # EX_TEMPFAIL: mails are still queued
 # The most a flush through the daemon waits, whatever the queue holds.
 MAX_FLUSH_WAIT_SECONDS = 3600.0
 FLUSH_POLL_SECONDS = 0.1
+# How long a flush keeps trying to write its byte into a full FIFO.
+ASK_SECONDS = 2.0
 
 
 def run_queue_command(config: Config) -> int:
     assert config.queue is not None
-    queue = Queue(config.queue)
+    try:
+        owner = check_directory(config.queue, config.user, LIST if config.queue_list else FLUSH)
+    except QueueError as exc:
+        raise ConfigError(str(exc)) from None
+    queue = Queue(config.queue, owner)
     try:
         queue.ids()
-    except OSError as exc:
-        raise ConfigError(f"cannot read queue {config.queue}: {exc.strerror}") from None
+    except (OSError, UnsafeFile) as exc:
+        raise ConfigError(f"cannot read queue {config.queue}:"
+                          f" {getattr(exc, 'strerror', None) or exc}") from None
     if config.queue_list:
         return list_queue(queue)
     return flush_queue(queue, config)
@@ -69,36 +92,72 @@ def list_queue(queue: Queue) -> int:
     for failed in (False, True):
         try:
             lines += [describe(i, e, now, failed) if isinstance(e, Envelope)
-                      else f"{i} {'failed' if failed else 'queued'} unreadable envelope: {escape(e)}"
+                      else f"{i} {'failed' if failed else 'queued'} {escape(e)}"
                       for i, e in queue.entries(failed)]
         except FileNotFoundError:
             continue  # no failed/ yet
+        except UnsafeFile as exc:
+            lines.append(f"refused: {escape(str(exc))}; never read")
     sys.stdout.write("".join(line + "\n" for line in lines) if lines else "Mail queue is empty\n")
     sys.stdout.flush()
     return 0
 
 
-def runner_pid(queue: Queue) -> Optional[int]:
-    """The pid of the runner that holds DIR's runner lock, if one does."""
+def daemon_runs(queue: Queue) -> bool:
+    """Whether a runner holds DIR's runner lock (a regular file of DIR's
+    owner, opened without following a link: it is only locked, never
+    trusted for a pid)."""
     try:
-        fd = os.open(os.path.join(queue.directory, RUNNER_LOCK), os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_checked(os.path.join(queue.directory, RUNNER_LOCK), os.O_RDONLY, stat.S_IFREG,
+                          queue.owner, label=RUNNER_LOCK)
+    except UnsafeFile as exc:
+        _warn(f"queue {queue.directory}: {exc}; ignored")
+        return False
     except OSError:
-        return None
+        return False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            text = os.read(fd, 32).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else None
-        return None  # nobody holds it: no daemon
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False  # nobody holds it: no daemon
+    except OSError:
+        return True
     finally:
         os.close(fd)
 
 
+def ask_daemon(queue: Queue) -> bool:
+    """Write "try everything now" into the runner's FIFO; False when no
+    runner reads it."""
+    try:
+        fd = queue.open_wake_fifo()
+    except UnsafeFile as exc:
+        _warn(f"queue {queue.directory}: {exc}; ignored")
+        return False
+    except OSError:
+        return False  # ENXIO: nobody reads the FIFO
+    deadline = time.monotonic() + ASK_SECONDS
+    try:
+        while True:
+            try:
+                return os.write(fd, WAKE_FLUSH) == 1
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
+                    return False
+                time.sleep(FLUSH_POLL_SECONDS)
+    finally:
+        os.close(fd)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"msmtpd: {message}\n")
+    sys.stderr.flush()
+
+
 def flush_queue(queue: Queue, config: Config) -> int:
-    pid = runner_pid(queue)
-    if pid is not None:
-        return _flush_through_daemon(queue, config, pid)
+    if daemon_runs(queue):
+        asked = time.time()
+        waiting = set(queue.ids())
+        if ask_daemon(queue):
+            return _wait_for_daemon(queue, config, asked, waiting)
     return _flush_here(queue, config)
 
 
@@ -106,13 +165,9 @@ def _remaining(queue: Queue) -> int:
     return len(queue.ids())
 
 
-def _flush_through_daemon(queue: Queue, config: Config, pid: int) -> int:
-    asked = time.time()
-    waiting = set(queue.ids())
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except OSError as exc:
-        raise ConfigError(f"cannot signal the queue runner {pid}: {exc.strerror}") from None
+def _wait_for_daemon(queue: Queue, config: Config, asked: float, waiting: set[str]) -> int:
+    """Until every mail queued when we asked has had an attempt since
+    (delivered, failed, or tried), bounded."""
     rounds = math.ceil(len(waiting) / max(config.queue_workers, 1)) or 1
     deadline = time.monotonic() + min(MAX_FLUSH_WAIT_SECONDS,
                                       rounds * config.command_timeout + 10)
@@ -127,7 +182,7 @@ def _flush_through_daemon(queue: Queue, config: Config, pid: int) -> int:
 
 def _flush_here(queue: Queue, config: Config) -> int:
     from msmtpd.delivery import PipeCommand
-    from msmtpd.queue_runner import Attempts
+    from msmtpd.queue_attempts import Attempts
 
     try:
         command = PipeCommand(config.command)
@@ -140,11 +195,16 @@ def _flush_here(queue: Queue, config: Config) -> int:
             logs.install(logs.open_handler(config.log))
         except OSError as exc:
             raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
-    if config.user is not None:
+    assert queue.owner is not None
+    try:
+        user = delivery_user(config.user, queue.owner)  # root never delivers from another's DIR
+    except QueueError as exc:
+        raise ConfigError(str(exc)) from None
+    if user is not None:
         from msmtpd import privileges
-        from msmtpd.queue_store import QUEUE_LATE_MODULES
+        from msmtpd.queue_envelope import QUEUE_LATE_MODULES
 
-        privileges.drop(config.user, QUEUE_LATE_MODULES)
+        privileges.drop(user, QUEUE_LATE_MODULES)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     attempts = Attempts(queue, command, config.command_timeout, config.queue_lifetime,
                         config.queue_workers)

@@ -1,18 +1,12 @@
-"""Delivering the queue: the runner process of a daemon, and one attempt at
-one mail (shared with ``--queue-flush``).
+"""The queue runner: the daemon's child process that delivers the queue.
 
-Each attempt takes the mail's lock (the message file, flocked), runs the
-command through :mod:`msmtpd.delivery` exactly as direct delivery does
-(same argv, ``%F``, exit-status mapping, ``--command-timeout``), with the
-locked message file as the command's standard input, so the lock also
-lives as long as the command holds it.  Exit 0 removes the mail; a
-temporary failure (451) is retried after 1 minute, then 2, 4 ... up to an
-hour; a permanent one (554), or a mail older than ``--queue-lifetime``,
-moves to ``failed/``.  The runner wakes on a byte in the queue's FIFO (a
-session stored a mail), on SIGUSR1 (try everything now), and when the
-next retry is due.  SIGTERM: start nothing new, let running deliveries
-finish within the grace time (``--timeout``), then kill them.  A forked
-runner always leaves through ``os._exit``.
+It wakes on a byte in the queue's FIFO (``w``: a session stored a mail;
+``f``: ``--queue-flush`` asks to try everything now), on SIGUSR1 (try
+everything now; the master passes it on), and when the next retry is due.
+Attempts themselves are :mod:`msmtpd.queue_attempts`.  SIGTERM: start
+nothing new, let running deliveries finish within the grace time
+(``--timeout``), then kill them.  A forked runner always leaves through
+``os._exit``.
 """
 
 from __future__ import annotations
@@ -20,28 +14,27 @@ from __future__ import annotations
 import os
 import select
 import signal
-import threading
+import stat
 import time
 from typing import Dict, List, Optional
 
-from msmtpd.delivery import PipeCommand, deliver, summarise_recipients, summarise_stderr
-from msmtpd.log import ERROR, INFO, log
-from msmtpd.queue_store import RUNNER_LOCK, Envelope, Queue, make_fifo
+from msmtpd.delivery import PipeCommand
+from msmtpd.log import log
+from msmtpd.queue_attempts import (  # noqa: F401 (the back-off, as before the split)
+    BUSY,
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    FIRST_RETRY_SECONDS,
+    MAX_RETRY_SECONDS,
+    REFUSED,
+    Attempts,
+    retry_delay,
+)
+from msmtpd.queue_directory import RUNNER_LOCK, WAKE_FLUSH, make_fifo
+from msmtpd.queue_store import Queue
+from msmtpd.safe_files import UnsafeFile, open_checked
 
-
-# The first retry after a temporary failure, doubling up to the last (like
-# Postfix's minimal_backoff_time and maximal_backoff_time).  The variable
-# shortens the first delay for the test suite; it is not an option.
-def _first_retry(default: float = 60.0) -> float:
-    try:
-        value = float(os.environ.get("MSMTPD_QUEUE_RETRY_SECONDS", default))
-    except ValueError:
-        return default
-    return value if 0 < value <= default else default
-
-
-FIRST_RETRY_SECONDS = _first_retry()
-MAX_RETRY_SECONDS = 3600.0
 # Without any wake-up, look at the directory this often (mails queued by a
 # process that could not reach the FIFO, an expired lock).
 SCAN_SECONDS = 60.0
@@ -53,164 +46,6 @@ PARENT_CHECK_SECONDS = 1.0
 # (the master's STOP_MARGIN is the same).
 KILL_MARGIN_SECONDS = 2.0
 EXIT_OK, EXIT_FAILED = 0, 1
-DELIVERED, DEFERRED, FAILED, BUSY = "delivered", "deferred", "failed", "busy"
-
-
-def retry_delay(attempts: int, first: float = FIRST_RETRY_SECONDS) -> float:
-    """1, 2, 4 ... minutes after the first, second, third attempt, at most an
-    hour (a shortened first delay shortens the longest in proportion)."""
-    longest = MAX_RETRY_SECONDS * first / 60.0
-    return float(min(first * 2.0 ** min(max(attempts - 1, 0), 64), longest))
-
-
-class Stopper:
-    """The running commands' Interrupt: its pipe becomes readable, for good,
-    once the stop's grace time ran out."""
-
-    def __init__(self) -> None:
-        self.wake_fd, self._wake_w = os.pipe()
-        self.reason: Optional[str] = None
-
-    def interrupted(self) -> Optional[str]:
-        return self.reason
-
-    def fire(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            os.write(self._wake_w, b"x")
-
-
-class Attempts:
-    """Runs attempts at queued mails, at most ``workers`` at once, each in
-    a thread of its own (the command is a child process; the thread only
-    waits for it)."""
-
-    def __init__(self, queue: Queue, command: PipeCommand, timeout: float, lifetime: float,
-                 workers: int) -> None:
-        self.queue = queue
-        self.command = command
-        self.timeout = timeout
-        self.lifetime = lifetime
-        self.workers = workers
-        self.stopper = Stopper()
-        self.running: Dict[str, threading.Thread] = {}
-        self.results: Dict[str, str] = {}
-        self.next_tries: Dict[str, float] = {}  # of deferred mails, also when the disk is full
-        self.done_r, self._done_w = os.pipe()
-        os.set_blocking(self.done_r, False)
-        self.unreadable: set[str] = set()  # damaged envelopes, reported once
-
-    def report_unreadable(self, mail_id: str, exc: Exception) -> None:
-        """A damaged envelope stays for a person to look at; say so once."""
-        if mail_id not in self.unreadable:
-            self.unreadable.add(mail_id)
-            log.error("queue %s: cannot read its envelope (%s); left in the queue",
-                      mail_id, getattr(exc, "strerror", None) or exc)
-
-    @property
-    def full(self) -> bool:
-        self.collect()
-        return len(self.running) >= self.workers
-
-    def start(self, mail_id: str, force: bool) -> None:
-        thread = threading.Thread(target=self._run, args=(mail_id, force), daemon=True,
-                                  name=f"deliver {mail_id}")
-        self.running[mail_id] = thread
-        thread.start()
-
-    def _run(self, mail_id: str, force: bool) -> None:
-        try:
-            self.results[mail_id] = self.attempt(mail_id, force)
-        except Exception as exc:  # a broken disk must not end the runner
-            log.error("queue %s: attempt failed: %s", mail_id, exc)
-            self.results[mail_id] = BUSY
-        finally:
-            try:
-                os.write(self._done_w, b"d")
-            except OSError:
-                pass
-
-    def collect(self) -> None:
-        """Forget the threads that are done."""
-        try:
-            while os.read(self.done_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-        for mail_id, thread in list(self.running.items()):
-            if not thread.is_alive():
-                thread.join()
-                del self.running[mail_id]
-
-    def wait_all(self, deadline: float) -> bool:
-        while self.running and time.monotonic() < deadline:
-            select.select([self.done_r], [], [], min(1.0, max(deadline - time.monotonic(), 0)))
-            self.collect()
-        return not self.running
-
-    def attempt(self, mail_id: str, force: bool = False) -> str:
-        """One try at one mail; BUSY when another process holds it, it is
-        gone, or (without ``force``) it is not due yet."""
-        handle = self.queue.lock(mail_id)
-        if handle is None:
-            return BUSY
-        with handle:
-            try:
-                envelope = self.queue.read_envelope(mail_id)
-            except FileNotFoundError:
-                return BUSY  # delivered or moved meanwhile
-            except (OSError, ValueError) as exc:
-                self.report_unreadable(mail_id, exc)
-                return BUSY
-            now = time.time()
-            if not force and envelope.next_try > now:
-                return BUSY
-            outcome = deliver(self.command, envelope.sender, envelope.recipients, handle.fileno(),
-                              self.timeout, self.stopper)
-            now = time.time()
-            envelope.attempts += 1
-            envelope.last_try = now
-            code = outcome.reply.code
-            detail = summarise_stderr(outcome.stderr)
-            if not outcome.delivered:
-                envelope.last_error = outcome.status + (f"; {detail}" if detail else "")
-            give_up = ""
-            if code >= 500:
-                give_up = f"permanent failure: {outcome.status}"
-            elif not outcome.delivered and now - envelope.arrived >= self.lifetime:
-                give_up = (f"still undelivered after the queue lifetime of {self.lifetime:g} s:"
-                           f" {outcome.status}")
-            else:
-                envelope.next_try = now + retry_delay(envelope.attempts)
-            then = ("" if outcome.delivered or give_up
-                    else f"; next try in {envelope.next_try - now:.1f} s")
-            # One line per attempt, with the command's status.
-            log.log(INFO if outcome.delivered else ERROR,
-                    "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s%s", mail_id,
-                    envelope.attempts, envelope.sender, summarise_recipients(envelope.recipients),
-                    "delivered" if outcome.delivered else f"{code} not delivered", outcome.status,
-                    outcome.seconds, f"; stderr: {detail}" if detail else "", then)
-            if outcome.delivered:
-                self.queue.remove(mail_id)
-                log.info("queue %s: delivered after %d attempt%s, %.0f s in the queue", mail_id,
-                         envelope.attempts, "" if envelope.attempts == 1 else "s",
-                         now - envelope.arrived)
-                return DELIVERED
-            if give_up:
-                return self._give_up(mail_id, envelope, give_up)
-            self.next_tries[mail_id] = envelope.next_try
-            try:
-                self.queue.update(mail_id, envelope)
-            except OSError as exc:  # the old envelope stays; the back-off holds all the same
-                log.error("queue %s: cannot record the attempt: %s", mail_id, exc.strerror or exc)
-            return DEFERRED
-
-    def _give_up(self, mail_id: str, envelope: Envelope, reason: str) -> str:
-        self.queue.fail(mail_id, envelope, reason)
-        log.error("queue %s: moved to failed/ after %d attempt%s: mail from <%s> to %s: %s", mail_id,
-                  envelope.attempts, "" if envelope.attempts == 1 else "s", envelope.sender,
-                  summarise_recipients(envelope.recipients), reason)
-        return FAILED
 
 
 class Runner:
@@ -229,6 +64,7 @@ class Runner:
         self.lock_fd = -1
         self.fifo = -1  # the wake-up FIFO, read while we hold the runner lock
         self.sharing = False
+        self.unsafe_reported = False
 
     def _record(self, signum: int, frame: object) -> None:
         self.flagged.append(signum)  # only record; the loop does the work
@@ -257,9 +93,11 @@ class Runner:
             except InterruptedError:
                 ready = []
             for fd in ready:
-                _drain(fd)
+                data = _drain(fd)
                 if fd == self.fifo:
                     self.last_scan = 0.0  # a new mail: look now
+                    if WAKE_FLUSH in data:
+                        self._flush_all("--queue-flush")
 
     def _tidy(self) -> None:
         """Now and then: take the runner lock if we run without it, and
@@ -270,32 +108,48 @@ class Runner:
         self.queue.clean(self.last_tidy)
 
     def _take_runner_lock(self) -> None:
-        """The runner lock tells --queue-flush which process to ask, and
-        goes with the wake-up FIFO.  A second daemon on the same DIR runs
-        without them (the per-mail locks keep the two apart) and takes them
-        over when the first is gone."""
+        """The runner lock tells --queue-flush that a daemon runs on DIR,
+        and goes with the wake-up FIFO.  A second daemon on the same DIR
+        runs without them (the per-mail locks keep the two apart) and takes
+        them over when the first is gone.  Both are checked files of DIR's
+        owner; one that is not is reported once and left alone."""
         import fcntl
 
-        if self.lock_fd < 0:
-            self.lock_fd = os.open(os.path.join(self.queue.directory, RUNNER_LOCK),
-                                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        directory, owner = self.queue.directory, self.queue.owner
         try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            if not self.sharing:
-                log.error("queue %s is served by another runner as well; sharing it",
-                          self.queue.directory)
-            self.sharing = True
+            if self.lock_fd < 0:
+                self.lock_fd = open_checked(os.path.join(directory, RUNNER_LOCK),
+                                            os.O_RDWR | os.O_CREAT, stat.S_IFREG, owner,
+                                            label=RUNNER_LOCK)
+            try:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                if not self.sharing:
+                    log.error("queue %s is served by another runner as well; sharing it", directory)
+                self.sharing = True
+                return
+            fifo = make_fifo(directory)
+            reader = open_checked(fifo, os.O_RDONLY, stat.S_IFIFO, owner, label=fifo)
+            try:  # our own writer keeps the FIFO from reading as "end of file" forever
+                self._fifo_writer = open_checked(fifo, os.O_WRONLY, stat.S_IFIFO, owner,
+                                                 label=fifo)
+            except BaseException:
+                os.close(reader)
+                raise
+            self.fifo = reader
+        except (OSError, UnsafeFile) as exc:
+            if not self.unsafe_reported:
+                log.error("queue %s: no wake-ups: %s", directory,
+                          getattr(exc, "strerror", None) or exc)
+            self.unsafe_reported = True
             return
-        os.ftruncate(self.lock_fd, 0)
-        os.write(self.lock_fd, f"{os.getpid()}\n".encode())
-        fifo = make_fifo(self.queue.directory)
-        self.fifo = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        # Our own writer keeps the FIFO from reading as "end of file" forever.
-        self._fifo_writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:  # for a person; nobody signals this pid
+            os.ftruncate(self.lock_fd, 0)
+            os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock is what counts
         if self.sharing:
-            log.info("queue %s: runner %d takes over the wake-ups", self.queue.directory,
-                     os.getpid())
+            log.info("queue %s: runner %d takes over the wake-ups", directory, os.getpid())
 
     def _handle_signals(self) -> bool:
         """True when the runner must stop (SIGTERM, or the master is gone)."""
@@ -309,12 +163,16 @@ class Runner:
 
                 logs.reopen()
             elif signum == signal.SIGUSR1:
-                self._scan()
-                # A mail being delivered right now gets one more attempt after
-                # this one: its current one may have started before the request.
-                self.forced = set(self.schedule)
-                log.info("queue: trying all %d queued mails now", len(self.forced))
+                self._flush_all("SIGUSR1")
         return stop
+
+    def _flush_all(self, why: str) -> None:
+        """SIGUSR1 or --queue-flush: every queued mail is tried now."""
+        self._scan()
+        # A mail being delivered right now gets one more attempt after
+        # this one: its current one may have started before the request.
+        self.forced = set(self.schedule)
+        log.info("queue: trying all %d queued mails now (%s)", len(self.forced), why)
 
     def _scan(self) -> None:
         """Learn new mails from the directory and forget removed ones."""
@@ -331,6 +189,8 @@ class Runner:
                 self.schedule[mail_id] = self.queue.read_envelope(mail_id).next_try
             except FileNotFoundError:
                 continue  # delivered or moved meanwhile
+            except UnsafeFile as exc:
+                self.attempts.report_refused(mail_id, exc)
             except (OSError, ValueError) as exc:
                 self.attempts.report_unreadable(mail_id, exc)
 
@@ -354,7 +214,7 @@ class Runner:
     def _note_results(self) -> None:
         for mail_id, result in list(self.attempts.results.items()):
             del self.attempts.results[mail_id]
-            if result in (DELIVERED, FAILED):
+            if result in (DELIVERED, FAILED, REFUSED):  # REFUSED: looked at by the next scan
                 self.schedule.pop(mail_id, None)
             elif result == DEFERRED:
                 next_try = self.attempts.next_tries.pop(mail_id, None)
@@ -378,12 +238,18 @@ class Runner:
         return EXIT_OK
 
 
-def _drain(fd: int) -> None:
+def _drain(fd: int) -> bytes:
+    """What is waiting in a non-blocking pipe (or FIFO), read to the end."""
+    data = b""
     try:
-        while os.read(fd, 4096):
-            pass
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
     except (BlockingIOError, InterruptedError):
         pass
+    return data
 
 
 def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: float,
@@ -397,12 +263,18 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         from msmtpd.proctitle import set_title  # imported while we may still read everything
 
         set_title(f"queue runner {queue_dir}")
+        queue = Queue(queue_dir)
+        os.close(queue.open_directory())  # learns DIR's owner: whom to deliver as
+        assert queue.owner is not None
+        from msmtpd.queue_directory import delivery_user
+
+        user = delivery_user(user, queue.owner)
         if user is not None:
             from msmtpd import privileges
-            from msmtpd.queue_store import QUEUE_LATE_MODULES
+            from msmtpd.queue_envelope import QUEUE_LATE_MODULES
 
             privileges.drop(user, QUEUE_LATE_MODULES)
-        attempts = Attempts(Queue(queue_dir), command, timeout, lifetime, workers)
+        attempts = Attempts(queue, command, timeout, lifetime, workers)
         code = Runner(attempts, master_pid, grace).serve()
     except BaseException as exc:
         try:

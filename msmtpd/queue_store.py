@@ -6,167 +6,73 @@ One mail is two files side by side in DIR:
   endings, dot-unstuffed, our ``Received:`` header first).  It is never
   replaced, so it carries the mail's lock (``flock``, which dies with the
   process that holds it).
-* ``ID.env``: the envelope, ``key: value`` lines a person can read: the
-  sender, one ``recipient:`` line per recipient, when it arrived, the
-  client, the attempts so far, the next try and the last error.  Values are
-  escaped (``\\\\`` and ``\\xNN``), so no client string can forge a line.
+* ``ID.env``: the envelope (:mod:`msmtpd.queue_envelope`), ``key: value``
+  lines a person can read: the sender, the recipients, when it arrived, the
+  message's size and SHA-256 as stored, the attempts so far, the next try
+  and the last error.
 
 Both are written under a temporary name, flushed to disk and renamed; the
 envelope comes last and marks the mail committed; then the directory is
 flushed.  Only then is the client answered 250.  A ``.msg`` without its
 ``.env`` is what a crash between the two renames leaves: never listed,
 removed once old.  Mails moved to ``DIR/failed/`` keep both files and the
-reason.  This module imports only light standard modules: an ``--inetd``
-session stores through it.
+reason.
+
+Every file read from DIR is opened through :mod:`msmtpd.safe_files`: no
+symbolic link followed, no FIFO waited on, and only regular files of DIR's
+owner that group and others cannot write are trusted; anything else raises
+UnsafeFile and is never read as mail, delivered or removed.  This module
+imports only light standard modules (and hashlib): an ``--inetd`` session
+stores through it.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
+import hashlib
 import os
+import stat
 import time
-from typing import IO, TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Tuple
 
 from msmtpd.log import log
+from msmtpd.queue_directory import (
+    FAILED,
+    RUNNER_LOCK,
+    WAKE_FIFO,
+    WAKE_FLUSH,
+    WAKE_NEW,
+    QueueError,
+    make_fifo,
+    prepare_directory,
+)
+from msmtpd.queue_envelope import (
+    QUEUE_LATE_MODULES,
+    Envelope,
+    escape,
+    is_id,
+    iso_time,
+    new_id,
+    parse_iso_time,
+    unescape,
+)
+from msmtpd.safe_files import UnsafeFile, open_checked, open_directory
 
 if TYPE_CHECKING:
     from msmtpd.message import Spool
     from msmtpd.replies import Reply
     from msmtpd.session_types import Envelope as SessionEnvelope
 
-FAILED = "failed"
-WAKE_FIFO = ".wake"  # the runner reads it; a session writes a byte after storing
-RUNNER_LOCK = ".runner"  # held by the running daemon's runner, holding its pid
+# The queue's names in one place (also those of the modules it grew out of).
+__all__ = ["FAILED", "RUNNER_LOCK", "WAKE_FIFO", "WAKE_FLUSH", "WAKE_NEW", "QueueError",
+           "make_fifo", "prepare_directory", "QUEUE_LATE_MODULES", "Envelope", "escape",
+           "is_id", "iso_time", "new_id", "parse_iso_time", "unescape", "Queue", "Queuer",
+           "TEMPORARY_PREFIX", "ORPHAN_SECONDS", "COPY_CHUNK", "size_damage"]
+
 TEMPORARY_PREFIX = ".tmp-"
 # A half-committed mail (a crash between the renames) older than this is removed.
 ORPHAN_SECONDS = 3600.0
 COPY_CHUNK = 1024 * 1024
-
-
-class QueueError(Exception):
-    """The queue directory cannot be used; the message is one line."""
-
-
-def escape(value: str) -> str:
-    """Backslash and every control character escaped: one value, one line."""
-    out = []
-    for char in value:
-        if char == "\\":
-            out.append("\\\\")
-        elif ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 or char in "\u2028\u2029":
-            out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def unescape(text: str) -> str:
-    out = []
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and text[index + 1:index + 2] == "\\":
-            out.append("\\")
-            index += 2
-        elif char == "\\" and text[index + 1:index + 2] in ("x", "u"):
-            width = 2 if text[index + 1] == "x" else 4
-            try:
-                out.append(chr(int(text[index + 2:index + 2 + width], 16)))
-            except ValueError:
-                out.append(char)
-                index += 1
-                continue
-            index += 2 + width
-        else:
-            out.append(char)
-            index += 1
-    return "".join(out)
-
-
-def iso_time(when: float) -> str:
-    """UTC as ISO 8601, to the millisecond: what a person reads in the envelope."""
-    whole = int(when)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{int((when - whole) * 1000):03d}Z"
-
-
-# What reading an envelope imports on first use (time.strptime's module and
-# calendar): a queue process hands these to privileges.drop.
-QUEUE_LATE_MODULES = ("calendar", "_strptime")
-
-
-def parse_iso_time(text: str) -> float:
-    import calendar
-
-    seconds, _, fraction = text.rstrip("Z").partition(".")
-    try:
-        whole = calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S"))
-        return whole + (int(fraction) / 10 ** len(fraction) if fraction.isdigit() else 0.0)
-    except ValueError:
-        return 0.0
-
-
-def new_id() -> str:
-    """Sortable by arrival (UTC time to the microsecond), unique (pid and
-    random bits), safe as a file name; nothing from the client."""
-    now = time.time()
-    micro = int(now * 1_000_000) % 1_000_000
-    return f"{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}{micro:06d}-{os.getpid()}-{os.urandom(3).hex()}"
-
-
-def is_id(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and all(c.isalnum() or c == "-" for c in name)
-
-
-class Envelope:
-    """What the queue knows of one mail besides its message."""
-
-    def __init__(self, sender: str, recipients: Sequence[str], arrived: float, client: str,
-                 size: int = 0) -> None:
-        self.sender = sender
-        self.recipients = list(recipients)
-        self.arrived = arrived
-        self.client = client
-        self.size = size
-        self.attempts = 0
-        self.next_try = arrived
-        self.last_try = 0.0
-        self.last_error = ""
-        self.failed = ""  # the reason, once in failed/
-
-    def render(self, mail_id: str) -> bytes:
-        lines = [f"id: {mail_id}", f"sender: {escape(self.sender)}"]
-        lines += [f"recipient: {escape(r)}" for r in self.recipients]
-        lines += [f"arrived: {iso_time(self.arrived)}", f"client: {escape(self.client)}",
-                  f"size: {self.size}", f"attempts: {self.attempts}",
-                  f"next-try: {iso_time(self.next_try)}",
-                  f"last-try: {iso_time(self.last_try) if self.last_try else ''}",
-                  f"last-error: {escape(self.last_error)}"]
-        if self.failed:
-            lines.append(f"failed: {escape(self.failed)}")
-        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
-
-    @classmethod
-    def parse(cls, data: bytes) -> Envelope:
-        fields: Dict[str, str] = {}
-        recipients: List[str] = []
-        for line in data.decode("utf-8", "surrogateescape").splitlines():
-            key, _, value = line.partition(": ")
-            if key == "recipient":
-                recipients.append(unescape(value))
-            else:
-                fields[key] = value
-        if "sender" not in fields or not recipients:
-            raise ValueError("envelope without sender or recipients")
-        envelope = cls(unescape(fields["sender"]), recipients,
-                       parse_iso_time(fields.get("arrived", "")), unescape(fields.get("client", "")),
-                       int(fields.get("size", "0") or 0))
-        envelope.attempts = int(fields.get("attempts", "0") or 0)
-        envelope.next_try = parse_iso_time(fields.get("next-try", "")) or envelope.arrived
-        envelope.last_try = parse_iso_time(fields.get("last-try", ""))
-        envelope.last_error = unescape(fields.get("last-error", ""))
-        envelope.failed = unescape(fields.get("failed", ""))
-        return envelope
 
 
 def _write_durably(directory: str, name: str, chunks: Iterator[bytes]) -> str:
@@ -215,19 +121,35 @@ def _message_chunks(message: bytes | int) -> Iterator[bytes]:
 
 
 class Queue:
-    """One queue directory."""
+    """One queue directory.  ``owner`` is DIR's owner, whom every file in
+    it must belong to; unknown (None), it is learnt from DIR when first
+    opened."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, owner: Optional[int] = None) -> None:
         self.directory = directory
         self.failed_directory = os.path.join(directory, FAILED)
+        self.owner = owner
 
     # -- storing (a session) ----------------------------------------------
 
     def store(self, envelope: Envelope, message: bytes | int) -> str:
-        """Commit one mail durably; returns its id.  Raises OSError (and
-        leaves nothing behind) when the disk is full or DIR unwritable."""
+        """Commit one mail durably; returns its id.  The envelope records
+        the message's size and SHA-256, taken from the chunks as they are
+        written (no second read).  Raises OSError (and leaves nothing
+        behind) when the disk is full or DIR unwritable."""
         mail_id = new_id()
-        message_tmp = _write_durably(self.directory, f"{mail_id}.msg", _message_chunks(message))
+        digest = hashlib.sha256()
+        sizes = []
+
+        def hashed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+            for chunk in chunks:
+                digest.update(chunk)
+                sizes.append(len(chunk))
+                yield chunk
+
+        message_tmp = _write_durably(self.directory, f"{mail_id}.msg",
+                                     hashed(_message_chunks(message)))
+        envelope.message_size, envelope.message_sha256 = sum(sizes), digest.hexdigest()
         envelope_tmp = ""
         message_path = self.path(mail_id, ".msg")
         try:
@@ -243,74 +165,156 @@ class Queue:
             raise
         return mail_id
 
-    def wake(self) -> None:
-        """Tell a runner on this DIR that a mail is waiting: harmless when
-        none runs (nobody reads the FIFO: ENXIO) or it is full (EAGAIN)."""
+    def wake(self, byte: bytes = WAKE_NEW) -> bool:
+        """Write ``byte`` to the runner's FIFO; True when a runner reads it.
+        Harmless when none runs (nobody reads the FIFO: ENXIO), the FIFO is
+        full (EAGAIN) or is no FIFO of DIR's owner (never followed)."""
         try:
-            fd = os.open(os.path.join(self.directory, WAKE_FIFO),
-                         os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return
+            fd = self.open_wake_fifo()
+        except (OSError, UnsafeFile):
+            return False
         try:
-            os.write(fd, b"w")
+            return os.write(fd, byte) == 1
         except OSError:
-            pass
+            return False
         finally:
             os.close(fd)
+
+    def open_wake_fifo(self) -> int:
+        """The FIFO's writing end, checked: a FIFO of DIR's owner.  OSError
+        (ENXIO: no runner reads it) or UnsafeFile."""
+        return open_checked(os.path.join(self.directory, WAKE_FIFO), os.O_WRONLY, stat.S_IFIFO,
+                            self.owner, label=WAKE_FIFO)
 
     # -- reading ----------------------------------------------------------
 
     def path(self, mail_id: str, suffix: str, failed: bool = False) -> str:
         return os.path.join(self.failed_directory if failed else self.directory, mail_id + suffix)
 
+    def open_directory(self, failed: bool = False) -> int:
+        """DIR, or its failed/, opened and checked: a directory of DIR's
+        owner that group and others cannot write.  UnsafeFile or OSError."""
+        fd = open_directory(self.directory, self.owner, label=f"queue directory {self.directory}")
+        if self.owner is None:
+            self.owner = os.fstat(fd).st_uid
+        if not failed:
+            return fd
+        try:
+            return open_directory(FAILED, self.owner, fd, f"{FAILED}/")
+        finally:
+            os.close(fd)
+
+    def open_file(self, mail_id: str, suffix: str, failed: bool = False) -> int:
+        """One of a mail's files for reading, checked: a regular file of
+        DIR's owner that group and others cannot write."""
+        directory = self.open_directory(failed)
+        try:
+            return open_checked(mail_id + suffix, os.O_RDONLY, stat.S_IFREG, self.owner,
+                                directory, f"{FAILED + '/' if failed else ''}{mail_id}{suffix}")
+        finally:
+            os.close(directory)
+
     def ids(self, failed: bool = False) -> List[str]:
         """Committed mails, oldest first."""
-        names = os.listdir(self.failed_directory if failed else self.directory)
+        directory = self.open_directory(failed)
+        try:
+            names = os.listdir(directory)
+        finally:
+            os.close(directory)
         return sorted(name[:-4] for name in names if name.endswith(".env") and is_id(name[:-4]))
 
     def read_envelope(self, mail_id: str, failed: bool = False) -> Envelope:
-        """The envelope; OSError when it is gone, ValueError when it is not one."""
-        with open(self.path(mail_id, ".env", failed), "rb") as handle:
+        """The envelope; OSError when it is gone, ValueError when it is not
+        one, UnsafeFile when it is no file to trust."""
+        with os.fdopen(self.open_file(mail_id, ".env", failed), "rb") as handle:
             return Envelope.parse(handle.read())
 
     def envelope(self, mail_id: str, failed: bool = False) -> Optional[Envelope]:
         """None when the mail is gone (delivered meanwhile) or unreadable."""
         try:
             return self.read_envelope(mail_id, failed)
-        except (OSError, ValueError):
+        except (OSError, ValueError, UnsafeFile):
             return None
 
     def entries(self, failed: bool = False) -> List[Tuple[str, Envelope | str]]:
-        """Each mail with its envelope, or why it cannot be read (a damaged
-        envelope stays in the queue, listed, for a person to look at)."""
+        """Each mail with its envelope, or what is wrong with it (a damaged
+        or refused mail stays in the queue, listed, for a person to look
+        at)."""
         found: List[Tuple[str, Envelope | str]] = []
         for mail_id in self.ids(failed):
             try:
-                found.append((mail_id, self.read_envelope(mail_id, failed)))
+                envelope = self.read_envelope(mail_id, failed)
             except FileNotFoundError:
                 continue  # delivered or moved meanwhile
+            except UnsafeFile as exc:
+                found.append((mail_id, f"refused: {exc}; never read, delivered or removed"))
+                continue
             except (OSError, ValueError) as exc:
-                found.append((mail_id, getattr(exc, "strerror", None) or str(exc)))
+                found.append((mail_id, "unreadable envelope: "
+                              + (getattr(exc, "strerror", None) or str(exc))))
+                continue
+            found.append((mail_id, self._message_problem(mail_id, envelope, failed) or envelope))
         return found
+
+    def _message_problem(self, mail_id: str, envelope: Envelope, failed: bool) -> str:
+        """What a listing can tell of the message without reading it."""
+        try:
+            fd = self.open_file(mail_id, ".msg", failed)
+        except FileNotFoundError:
+            return ""  # moved or delivered meanwhile
+        except UnsafeFile as exc:
+            return f"refused: {exc}; never read, delivered or removed"
+        except OSError as exc:
+            return f"unreadable message: {exc.strerror}"
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if envelope.message_size is not None and size != envelope.message_size and not failed:
+            return f"damaged message: {size_damage(mail_id, size, envelope.message_size)}"
+        return ""
 
     # -- delivering (a runner) --------------------------------------------
 
     def lock(self, mail_id: str) -> Optional[IO[bytes]]:
         """The open message, locked for us; None when another process
-        delivers it right now or it is gone.  Closing the file unlocks."""
+        delivers it right now or it is gone.  Closing the file unlocks.
+        UnsafeFile when the message is no file to trust."""
         try:
-            handle = open(self.path(mail_id, ".msg"), "rb")
+            fd = self.open_file(mail_id, ".msg")
         except OSError:
             return None
+        handle = os.fdopen(fd, "rb")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             return None
-        if not os.path.exists(self.path(mail_id, ".env")):
+        if not os.path.lexists(self.path(mail_id, ".env")):
             handle.close()  # delivered and removed between our listing and the lock
             return None
         return handle
+
+    def damage(self, mail_id: str, handle: IO[bytes], envelope: Envelope) -> str:
+        """Why the open message is not the one stored ("" when it is, or
+        when an envelope of an older version recorded no hash)."""
+        if envelope.message_sha256 is None or envelope.message_size is None:
+            return ""
+        fd = handle.fileno()
+        size = os.fstat(fd).st_size
+        if size != envelope.message_size:
+            return f"damaged message: {size_damage(mail_id, size, envelope.message_size)}"
+        digest = hashlib.sha256()
+        offset = 0
+        while True:
+            chunk = os.pread(fd, COPY_CHUNK, offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+        if offset != size or digest.hexdigest() != envelope.message_sha256:
+            return f"damaged message: {mail_id}.msg differs from the one stored (SHA-256)"
+        return ""
 
     def update(self, mail_id: str, envelope: Envelope) -> None:
         """Record an attempt: a new envelope renamed over the old one."""
@@ -330,58 +334,43 @@ class Queue:
         _fsync_directory(self.directory)
 
     def fail(self, mail_id: str, envelope: Envelope, reason: str) -> None:
-        """Move to failed/ with the reason."""
+        """Move to failed/ with the reason; OSError (nothing moved) when the
+        new envelope cannot be written."""
         os.makedirs(self.failed_directory, mode=0o700, exist_ok=True)
-        envelope.failed = reason
+        failed = Envelope.parse(envelope.render(mail_id))
+        failed.failed = reason
         temporary = _write_durably(self.failed_directory, f"{mail_id}.env",
-                                   iter([envelope.render(mail_id)]))
-        os.rename(self.path(mail_id, ".msg"), self.path(mail_id, ".msg", failed=True))
+                                   iter([failed.render(mail_id)]))
+        try:
+            os.rename(self.path(mail_id, ".msg"), self.path(mail_id, ".msg", failed=True))
+        except BaseException:
+            _unlink(temporary)
+            raise
         os.rename(temporary, self.path(mail_id, ".env", failed=True))
+        envelope.failed = reason
         _unlink(self.path(mail_id, ".env"))
         _fsync_directory(self.failed_directory)
         _fsync_directory(self.directory)
 
     def clean(self, now: float) -> None:
         """Remove what crashes left: temporary files and messages without
-        an envelope, once older than ORPHAN_SECONDS."""
+        an envelope, once older than ORPHAN_SECONDS.  Only regular files:
+        anything else was not left by us."""
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
-            orphan = name.endswith(".msg") and not os.path.exists(path[:-4] + ".env")
+            orphan = name.endswith(".msg") and not os.path.lexists(path[:-4] + ".env")
             if not (name.startswith(TEMPORARY_PREFIX) or orphan):
                 continue
             try:
-                if now - os.stat(path).st_mtime > ORPHAN_SECONDS:
+                status = os.lstat(path)
+                if stat.S_ISREG(status.st_mode) and now - status.st_mtime > ORPHAN_SECONDS:
                     os.unlink(path)
             except OSError:
                 pass
 
 
-def prepare_directory(directory: str, user: Optional[str] = None) -> None:
-    """Create DIR (mode 0700) and its failed/ if missing, owned by the
-    sessions' user; raise QueueError with the reason when that fails."""
-    try:
-        for path in (directory, os.path.join(directory, FAILED)):
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                continue
-            if user is not None and os.getuid() == 0:
-                from msmtpd import privileges
-
-                account = privileges.resolve(user)
-                os.chown(path, account.uid, account.gid)
-    except OSError as exc:
-        raise QueueError(f"cannot create queue directory {directory}: {exc.strerror}") from None
-
-
-def make_fifo(directory: str) -> str:
-    path = os.path.join(directory, WAKE_FIFO)
-    try:
-        os.mkfifo(path, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
-    return path
+def size_damage(mail_id: str, size: int, stored: int) -> str:
+    return f"{mail_id}.msg holds {size} octets, {stored} were stored"
 
 
 class Queuer:

@@ -348,19 +348,6 @@ def test_a_full_spool_answers_451_and_the_daemon_keeps_serving(tmp_path: Path) -
         subprocess.run(["umount", str(queue)], check=False)
 
 
-def test_an_unwritable_queue_answers_451(tmp_path: Path) -> None:
-    need_root("needs root to run the session as nobody")
-    queue = tmp_path / "queue"
-    queue.mkdir(mode=0o700)  # root's; the session runs as nobody
-    tmp_path.chmod(0o755)
-    session = run_inetd([f"--queue={queue}", "--user=nobody", "--command=/bin/true"],
-                        b"EHLO x\r\nMAIL FROM:<s@example.test>\r\nRCPT TO:<a@example.test>\r\n"
-                        b"DATA\r\nx\r\n.\r\nNOOP\r\nQUIT\r\n")
-    assert b"451 4.3.0 Cannot queue the message: Permission denied; try again later" in session.stdout
-    assert b"250 2.0.0 OK\r\n221 " in session.stdout  # NOOP answered after it
-    assert os.listdir(queue) == ["failed"]  # made by root at start-up; no mail, no temporary file
-
-
 def runner_of(master: int) -> Optional[int]:
     runners = [pid for pid in children(master) if "queue runner" in cmdline_of(pid)]
     assert len(runners) <= 1

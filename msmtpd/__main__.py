@@ -1,5 +1,5 @@
 """Allow ``python -m msmtpd``."""
 
-from msmtpd.cli import main
+from msmtpd.commands.cli import main
 
 raise SystemExit(main())

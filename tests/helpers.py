@@ -211,13 +211,13 @@ def wait_for_log(path: Path, text: str, count: int = 1, timeout: float = 15.0) -
 
 def converse(settings: Any, *lines: bytes | str, peer: str = "192.0.2.7") -> List[str]:
     """A whole session in memory (no sockets) on ``settings`` (a
-    msmtpd.session.Settings): the reply lines, each ``CODE text``; every
+    msmtpd.smtp.session.Settings): the reply lines, each ``CODE text``; every
     mail is answered as delivered."""
     import io
 
-    from msmtpd import replies
-    from msmtpd.connection import in_memory
-    from msmtpd.session import Session
+    from msmtpd.net.connection import in_memory
+    from msmtpd.smtp import replies
+    from msmtpd.smtp.session import Session
 
     script = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\r\n" for line in lines)
     writer = io.BytesIO()

@@ -11,11 +11,11 @@ from typing import List
 import bcrypt
 import pytest
 
-from msmtpd.accounts import Accounts, load_accounts, parse_line
-from msmtpd.allow import AllowList, parse_network
-from msmtpd.auth import FailureClock
-from msmtpd.config import ConfigError
-from msmtpd.session import Settings
+from msmtpd.base.config import ConfigError
+from msmtpd.policy.allow_list import AllowList, parse_network
+from msmtpd.policy.passwords import FailureClock
+from msmtpd.policy.users_file import Accounts, load_accounts, parse_line
+from msmtpd.smtp.session import Settings
 from tests.test_session import HOST, b64, lines, talk, transaction
 
 # Cost 4 keeps the unit tier fast; htpasswd -B writes cost 5 with $2y$.
@@ -45,7 +45,7 @@ bob:{BOB_HASH}
 @pytest.fixture
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> List[float]:
     calls: List[float] = []
-    monkeypatch.setattr("msmtpd.auth.time.sleep", calls.append)
+    monkeypatch.setattr("msmtpd.policy.passwords.time.sleep", calls.append)
     return calls
 
 

@@ -6,7 +6,7 @@ from typing import Tuple
 
 import pytest
 
-from msmtpd.address import MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH, AddressError, parse_path, split_path
+from msmtpd.smtp.address import MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH, AddressError, parse_path, split_path
 
 
 def long_domain(octets: int) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from msmtpd import replies
-from msmtpd.auth import FailureClock, PasswordCheck
-from msmtpd.session import Settings
+from msmtpd.policy.passwords import FailureClock, PasswordCheck
+from msmtpd.smtp import replies
+from msmtpd.smtp.session import Settings
 from tests import helpers
 
 
@@ -90,7 +90,7 @@ def test_an_empty_initial_response_is_answered_as_such(tmp_path: Path) -> None:
 
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setattr("msmtpd.auth.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("msmtpd.policy.passwords.time.sleep", lambda seconds: None)
     clock = FailureClock(types.SimpleNamespace(value=0.0))
     return Settings(hostname="mx.test", auth=PasswordCheck("mailer", b"pw", clock))
 

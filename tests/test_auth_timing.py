@@ -29,9 +29,9 @@ from typing import Callable, Dict, List, Tuple
 import bcrypt
 import pytest
 
-from msmtpd.accounts import Accounts, load_accounts
-from msmtpd.auth import FAILURE_DELAY, FailureClock
-from msmtpd.session import Settings
+from msmtpd.policy.passwords import FAILURE_DELAY, FailureClock
+from msmtpd.policy.users_file import Accounts, load_accounts
+from msmtpd.smtp.session import Settings
 from tests import helpers
 
 # ~120 ms a check on this kind of machine: far above a loopback round trip.
@@ -63,8 +63,8 @@ def rounds(monkeypatch: pytest.MonkeyPatch) -> List[int]:
         made.append(2 ** int(hashed[4:6]))
         return bool(real(password, hashed))
 
-    monkeypatch.setattr("msmtpd.accounts.bcrypt.checkpw", counting)
-    monkeypatch.setattr("msmtpd.auth.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("msmtpd.policy.users_file.bcrypt.checkpw", counting)
+    monkeypatch.setattr("msmtpd.policy.passwords.time.sleep", lambda seconds: None)
     return made
 
 

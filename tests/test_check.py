@@ -16,7 +16,7 @@ from tests import helpers
 from tests.test_tls import WAIT, Certs, Daemon, run_daemons, stop_daemons
 from tests.test_tls import certs as certs  # the module's certificate fixture
 
-# What --check allows itself, or --timeout when shorter (msmtpd.check.CHECK_SECONDS).
+# What --check allows itself, or --timeout when shorter (msmtpd.commands.check.CHECK_SECONDS).
 CHECK_SECONDS = 5.0
 
 

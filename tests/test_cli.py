@@ -9,8 +9,8 @@ from typing import Any, List, Sequence
 import pytest
 
 from msmtpd import __version__
-from msmtpd.cli import EXIT_NOT_RUNNING, HELP_TEXT, UsageError, main, parse_args
-from msmtpd.config import Config, ConfigError
+from msmtpd.base.config import Config, ConfigError
+from msmtpd.commands.cli import EXIT_NOT_RUNNING, HELP_TEXT, UsageError, main, parse_args
 from tests.helpers import program
 
 # (option, value, Config attribute, expected attribute value)

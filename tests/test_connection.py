@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from msmtpd.connection import (
+from msmtpd.net.connection import (
     MIN_DATA_RATE,
     TICK_SECONDS,
     ClientNotReading,

@@ -15,8 +15,7 @@ from typing import List
 
 import pytest
 
-from msmtpd import replies
-from msmtpd.delivery import (
+from msmtpd.delivery.pipe_command import (
     DEFAULT_COMMAND,
     NULL_SENDER,
     Deliverer,
@@ -25,8 +24,9 @@ from msmtpd.delivery import (
     needs_shell,
     summarise_stderr,
 )
-from msmtpd.message import Spool
-from msmtpd.session import Envelope
+from msmtpd.smtp import replies
+from msmtpd.smtp.message import Spool
+from msmtpd.smtp.session import Envelope
 
 MESSAGE = b"Received: from x\nSubject: test\n\nbody\n"
 
@@ -433,7 +433,7 @@ def test_message_given_as_a_file_descriptor(tmp_path: Path) -> None:
 def test_deliverer_runs_the_command_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Deliverer passes envelope and spool to the command and logs status and stderr."""
-    from msmtpd.log import log
+    from msmtpd.base.logger import log
 
     monkeypatch.setattr(log, "logger", logging.getLogger("msmtpd"))  # as logs.install() does
     out = tmp_path / "mail"

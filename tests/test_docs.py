@@ -96,7 +96,7 @@ def test_the_manual_and_the_docs_document_every_option() -> None:
     """Each option the parser knows has an entry in msmtpd.1 (the complete
     reference) and is named in the README or a guide; the manual has no
     entry for an option the parser does not know."""
-    from msmtpd import cli
+    from msmtpd.commands import cli
 
     page = (ROOT / "msmtpd.1").read_text()
     docs = "\n".join(path.read_text() for path in markdown_files())

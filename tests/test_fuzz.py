@@ -35,12 +35,12 @@ from unittest import mock
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from msmtpd import message, replies
-from msmtpd import session as session_module
-from msmtpd.connection import ShutdownRequested, in_memory
-from msmtpd.message import Spool
-from msmtpd.replies import Reply
-from msmtpd.session import MAX_COMMAND_LINE, MAX_CONSECUTIVE_ERRORS, Envelope, Session, Settings
+from msmtpd.net.connection import ShutdownRequested, in_memory
+from msmtpd.smtp import message, replies
+from msmtpd.smtp import session as session_module
+from msmtpd.smtp.message import Spool
+from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.session import MAX_COMMAND_LINE, MAX_CONSECUTIVE_ERRORS, Envelope, Session, Settings
 
 # -- profiles ----------------------------------------------------------------
 

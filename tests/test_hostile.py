@@ -25,7 +25,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 
-from msmtpd.delivery import PipeCommand
+from msmtpd.delivery.pipe_command import PipeCommand
 from tests import helpers
 
 HOST = socket.gethostname()

@@ -9,31 +9,31 @@ from pathlib import Path
 
 import pytest
 
-from msmtpd import logs
-from msmtpd.delivery import summarise_recipients
+from msmtpd.base import log_targets
+from msmtpd.delivery.pipe_command import summarise_recipients
 
 FORGED = "mallory\n2026-12-01 20:00:00 msmtpd[1] info: forged\x1b[31m\u2028\x85\r"
 
 
 def test_escape_writes_unprintable_characters_as_hex() -> None:
-    assert logs.escape("a\nb\x1b[31mc\td") == "a\\x0ab\\x1b[31mc\\x09d"
-    assert logs.escape("line\u2028sep\x85") == "line\\u2028sep\\x85"
-    assert logs.escape("jörg@exämple.org") == "jörg@exämple.org"
+    assert log_targets.escape("a\nb\x1b[31mc\td") == "a\\x0ab\\x1b[31mc\\x09d"
+    assert log_targets.escape("line\u2028sep\x85") == "line\\u2028sep\\x85"
+    assert log_targets.escape("jörg@exämple.org") == "jörg@exämple.org"
 
 
 def test_escape_bounds_a_line() -> None:
-    text = logs.escape("x" * 100_000)
-    assert len(text) < logs.MAX_LINE + 100
-    assert text.endswith(f"[{100_000 - logs.MAX_LINE} more characters]")
+    text = log_targets.escape("x" * 100_000)
+    assert len(text) < log_targets.MAX_LINE + 100
+    assert text.endswith(f"[{100_000 - log_targets.MAX_LINE} more characters]")
 
 
 @pytest.fixture
 def log_file(tmp_path: Path) -> Path:
     path = tmp_path / "msmtpd.log"
-    handler = logs.open_handler(str(path))
-    logs.install(handler)
+    handler = log_targets.open_handler(str(path))
+    log_targets.install(handler)
     yield path
-    logs.install(None)
+    log_targets.install(None)
     if handler is not None:
         handler.close()
 
@@ -73,7 +73,7 @@ def test_without_a_log_an_inetd_session_never_imports_logging(tmp_path: Path) ->
     # record of every import it made is what tells.
     script = ("import sys\n"
               "sys.argv = ['msmtpd', '--inetd', '--command=cat > /dev/null; :']\n"
-              "from msmtpd.cli import main\n"
+              "from msmtpd.commands.cli import main\n"
               "main()\n")
     conversation = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", script], input=conversation,
@@ -81,5 +81,5 @@ def test_without_a_log_an_inetd_session_never_imports_logging(tmp_path: Path) ->
     assert b"250 2.0.0 OK" in done.stdout
     imported = {line.rpartition(b"|")[2].strip() for line in done.stderr.splitlines()
                 if line.startswith(b"import time:")}
-    assert b"msmtpd.session" in imported, done.stderr[-500:]
+    assert b"msmtpd.smtp.session" in imported, done.stderr[-500:]
     assert b"logging" not in imported

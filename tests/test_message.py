@@ -11,12 +11,12 @@ from typing import Callable, List, NamedTuple, Tuple
 
 import pytest
 
-from msmtpd import replies
-from msmtpd.connection import in_memory
-from msmtpd.message import MAX_BUFFERED_LINE, SPOOL_MEMORY_LIMIT, Spool, receive_data
-from msmtpd.replies import Reply
-from msmtpd.session import Envelope, Session, Settings
-from msmtpd.stream import LineReader
+from msmtpd.net.connection import in_memory
+from msmtpd.net.line_reader import LineReader
+from msmtpd.smtp import replies
+from msmtpd.smtp.message import MAX_BUFFERED_LINE, SPOOL_MEMORY_LIMIT, Spool, receive_data
+from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.session import Envelope, Session, Settings
 
 Recv = Callable[[int], bytes]
 

@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 
-from msmtpd.connection import Connection, MemoryTransport
-from msmtpd.message import Spool
-from msmtpd.replies import Reply
-from msmtpd.session import Envelope, Session, Settings
+from msmtpd.net.connection import Connection, MemoryTransport
+from msmtpd.smtp.message import Spool
+from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.session import Envelope, Session, Settings
 from tests import helpers
 
 OVERLOAD_SECONDS = 10.0

@@ -21,7 +21,7 @@ from typing import Iterator, NamedTuple
 import pytest
 import trustme
 
-from msmtpd.cli import parse_args
+from msmtpd.commands.cli import parse_args
 from tests import helpers
 
 WAIT = 15.0

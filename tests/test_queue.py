@@ -10,10 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from msmtpd.cli import parse_args
-from msmtpd.config import DEFAULT_QUEUE_LIFETIME, ConfigError, parse_duration
-from msmtpd.queue_runner import MAX_RETRY_SECONDS, retry_delay
-from msmtpd.queue_store import Envelope, Queue, escape, new_id, prepare_directory, unescape
+from msmtpd.base.config import DEFAULT_QUEUE_LIFETIME, ConfigError, parse_duration
+from msmtpd.commands.cli import parse_args
+from msmtpd.delivery.queue_runner import MAX_RETRY_SECONDS, retry_delay
+from msmtpd.delivery.queue_store import (
+    Queue,
+    QueuedEnvelope,
+    decode_value,
+    encode_value,
+    new_id,
+    prepare_directory,
+)
 from tests.helpers import program
 
 
@@ -26,7 +33,7 @@ def make_queue(tmp_path: Path) -> Queue:
 def test_a_stored_mail_is_its_message_and_a_readable_envelope(tmp_path: Path) -> None:
     queue = make_queue(tmp_path)
     message = b"Received: from x\nSubject: hi\n\nbody\n"
-    mail_id = queue.store(Envelope("a@example.test", ["b@example.test", "c@example.test"],
+    mail_id = queue.store(QueuedEnvelope("a@example.test", ["b@example.test", "c@example.test"],
                                    1_800_000_000.25, "[127.0.0.1]:4000", len(message)), message)
     assert queue.ids() == [mail_id]
     assert Path(queue.path(mail_id, ".msg")).read_bytes() == message
@@ -52,26 +59,26 @@ def test_a_message_from_a_file_descriptor_is_copied_whole(tmp_path: Path) -> Non
     data = os.urandom(3 * 1024 * 1024 + 17)
     source.write_bytes(data)
     with open(source, "rb") as handle:
-        mail_id = queue.store(Envelope("", ["b@x.test"], 1.0, "c"), handle.fileno())
+        mail_id = queue.store(QueuedEnvelope("", ["b@x.test"], 1.0, "c"), handle.fileno())
     assert Path(queue.path(mail_id, ".msg")).read_bytes() == data
 
 
 def test_hostile_values_cannot_forge_envelope_lines(tmp_path: Path) -> None:
     queue = make_queue(tmp_path)
     hostile = "evil\nrecipient: victim@example.test\r\x1b[2J\\x41\u2028"
-    mail_id = queue.store(Envelope(hostile, ["b@x.test"], 1.0, hostile), b"m\n")
+    mail_id = queue.store(QueuedEnvelope(hostile, ["b@x.test"], 1.0, hostile), b"m\n")
     lines = Path(queue.path(mail_id, ".env")).read_text().splitlines()
     assert [line for line in lines if line.startswith("recipient:")] == ["recipient: b@x.test"]
     envelope = queue.envelope(mail_id)
     assert envelope is not None
     assert envelope.sender == hostile and envelope.client == hostile
     assert envelope.recipients == ["b@x.test"]
-    assert unescape(escape(hostile)) == hostile
+    assert decode_value(encode_value(hostile)) == hostile
 
 
 def test_a_mail_is_locked_by_one_holder_at_a_time(tmp_path: Path) -> None:
     queue = make_queue(tmp_path)
-    mail_id = queue.store(Envelope("a@x.test", ["b@x.test"], 1.0, "c"), b"m\n")
+    mail_id = queue.store(QueuedEnvelope("a@x.test", ["b@x.test"], 1.0, "c"), b"m\n")
     first = queue.lock(mail_id)
     assert first is not None
     assert queue.lock(mail_id) is None  # another open file: flock refuses
@@ -89,7 +96,7 @@ def test_a_mail_is_locked_by_one_holder_at_a_time(tmp_path: Path) -> None:
 
 def test_a_failed_mail_moves_with_its_reason(tmp_path: Path) -> None:
     queue = make_queue(tmp_path)
-    mail_id = queue.store(Envelope("a@x.test", ["b@x.test"], 1.0, "c"), b"m\n")
+    mail_id = queue.store(QueuedEnvelope("a@x.test", ["b@x.test"], 1.0, "c"), b"m\n")
     envelope = queue.envelope(mail_id)
     assert envelope is not None
     queue.fail(mail_id, envelope, "permanent failure: command exit status 1")
@@ -102,7 +109,7 @@ def test_a_failed_mail_moves_with_its_reason(tmp_path: Path) -> None:
 def test_a_store_that_fails_leaves_nothing(tmp_path: Path) -> None:
     queue = Queue(str(tmp_path / "missing"))
     with pytest.raises(OSError):
-        queue.store(Envelope("a@x.test", ["b@x.test"], 1.0, "c"), b"m\n")
+        queue.store(QueuedEnvelope("a@x.test", ["b@x.test"], 1.0, "c"), b"m\n")
     assert not (tmp_path / "missing").exists()
 
 
@@ -165,7 +172,7 @@ def test_help_lists_the_queue_options() -> None:
 
 def test_queue_list_shows_hostile_values_escaped_on_one_line(tmp_path: Path) -> None:
     queue = make_queue(tmp_path)
-    queue.store(Envelope("evil\nforged 1 queued", ["b@x.test\r\nmore"], 1.0, "c"), b"m\n")
+    queue.store(QueuedEnvelope("evil\nforged 1 queued", ["b@x.test\r\nmore"], 1.0, "c"), b"m\n")
     result = subprocess.run([program("msmtpd"), f"--queue={queue.directory}", "--queue-list"],
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0

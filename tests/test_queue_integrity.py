@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import List
 
-from msmtpd.queue_store import Envelope, Queue, prepare_directory
+from msmtpd.delivery.queue_store import Queue, QueuedEnvelope, prepare_directory
 from tests import helpers
 
 BODY = b"".join(b"line %05d of a mail that is about fifty kilobytes long.....\r\n" % n
@@ -35,7 +35,7 @@ def test_the_store_records_size_and_sha256_of_the_message(tmp_path: Path) -> Non
     prepare_directory(str(tmp_path / "queue"))
     queue = Queue(str(tmp_path / "queue"))
     message = b"Received: x\nSubject: s\n\n" + BODY
-    mail_id = queue.store(Envelope("a@x.test", ["b@x.test"], 1.0, "c", 10), message)
+    mail_id = queue.store(QueuedEnvelope("a@x.test", ["b@x.test"], 1.0, "c", 10), message)
     text = Path(queue.path(mail_id, ".env")).read_text()
     assert f"message-size: {len(message)}\n" in text
     assert f"message-sha256: {hashlib.sha256(message).hexdigest()}\n" in text

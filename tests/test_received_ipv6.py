@@ -48,6 +48,6 @@ def test_a_client_on_ipv6_loopback_is_an_ipv6_address_literal(tmp_path: Path) ->
     ("fe80::1%eth0", "[IPv6:fe80::1]"),
 ])
 def test_address_literals(peer: str, literal: str) -> None:
-    from msmtpd.message import address_literal
+    from msmtpd.smtp.message import address_literal
 
     assert address_literal(peer) == literal

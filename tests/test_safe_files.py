@@ -1,4 +1,4 @@
-"""msmtpd.safe_files on its own: what root may open of another user's files."""
+"""msmtpd.system.safe_files on its own: what root may open of another user's files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from msmtpd.safe_files import UnsafeFile, open_checked, open_directory
+from msmtpd.system.safe_files import UnsafeFile, open_checked, open_directory
 
 
 def test_a_regular_file_of_the_owner_opens_blocking(tmp_path: Path) -> None:

@@ -18,12 +18,12 @@ from typing import Iterator, List, Sequence
 
 import pytest
 
-from msmtpd import replies
-from msmtpd.auth import FailureClock, PasswordCheck
-from msmtpd.cli import parse_args
-from msmtpd.config import ConfigError
-from msmtpd.senders import Senders, load_senders
-from msmtpd.session import Settings
+from msmtpd.base.config import ConfigError
+from msmtpd.commands.cli import parse_args
+from msmtpd.policy.passwords import FailureClock, PasswordCheck
+from msmtpd.policy.senders import Senders, load_senders
+from msmtpd.smtp import replies
+from msmtpd.smtp.session import Settings
 from tests import helpers
 
 WAIT = 20.0

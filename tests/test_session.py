@@ -10,12 +10,12 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import pytest
 
-from msmtpd import replies
-from msmtpd.auth import FAILURE_DELAY, FailureClock, PasswordCheck
-from msmtpd.connection import ShutdownRequested, in_memory
-from msmtpd.message import Spool
-from msmtpd.replies import Reply
-from msmtpd.session import (
+from msmtpd.net.connection import ShutdownRequested, in_memory
+from msmtpd.policy.passwords import FAILURE_DELAY, FailureClock, PasswordCheck
+from msmtpd.smtp import replies
+from msmtpd.smtp.message import Spool
+from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.session import (
     MAX_AUTH_FAILURES,
     MAX_COMMAND_LINE,
     MAX_CONSECUTIVE_ERRORS,
@@ -877,7 +877,7 @@ def plain(user: str = USER, password: str = PASSWORD, authzid: str = "") -> str:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> List[float]:
     """Replaces time.sleep (used by the brute-force delay) with a recorder."""
     calls: List[float] = []
-    monkeypatch.setattr("msmtpd.auth.time.sleep", calls.append)
+    monkeypatch.setattr("msmtpd.policy.passwords.time.sleep", calls.append)
     return calls
 
 

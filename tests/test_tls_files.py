@@ -11,8 +11,8 @@ from typing import Tuple
 import pytest
 import trustme
 
-from msmtpd.config import ConfigError
-from msmtpd.tls import load_context
+from msmtpd.base.config import ConfigError
+from msmtpd.net.tls_context import load_context
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,260 @@
+"""One attempt at one queued mail, shared by the daemon's queue runner and
+``--queue-flush``; and the back-off between attempts.
+
+Each attempt takes the mail's lock (the message file, flocked), checks the
+message against the size and SHA-256 its envelope recorded, and runs the
+command through :mod:`msmtpd.delivery.pipe_command` exactly as direct delivery does
+(same argv, ``%F``, exit-status mapping, ``--command-timeout``), with the
+locked message file as the command's standard input, so the lock also
+lives as long as the command holds it.  Exit 0 removes the mail; a
+temporary failure (451) is retried after 1 minute, then 2, 4 ... up to an
+hour; a permanent one (554), a mail older than ``--queue-lifetime``, or a
+damaged message moves to ``failed/``.  An attempt whose outcome cannot be
+recorded (a full disk) backs off the same way, with one log line each
+time.  A file that is no file to trust (a symbolic link, a FIFO, someone
+else's) is reported once and never read, delivered or removed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from typing import Dict, Optional
+
+from msmtpd.base.logger import ERROR, INFO, log
+from msmtpd.delivery.pipe_command import Outcome, PipeCommand, deliver, summarise_recipients, summarise_stderr
+from msmtpd.delivery.queue_envelope import QueuedEnvelope
+from msmtpd.delivery.queue_store import Queue
+from msmtpd.system.safe_files import UnsafeFile, owner_name
+
+
+# The first retry after a temporary failure, doubling up to the last (like
+# Postfix's minimal_backoff_time and maximal_backoff_time).  The variable
+# shortens the first delay for the test suite; it is not an option.
+def _first_retry(default: float = 60.0) -> float:
+    try:
+        value = float(os.environ.get("MSMTPD_QUEUE_RETRY_SECONDS", default))
+    except ValueError:
+        return default
+    return value if 0 < value <= default else default
+
+
+FIRST_RETRY_SECONDS = _first_retry()
+MAX_RETRY_SECONDS = 3600.0
+DELIVERED, DEFERRED, FAILED, BUSY = "delivered", "deferred", "failed", "busy"
+REFUSED = "refused"  # a file not to trust: looked at again at the next scan only
+
+
+def retry_delay(attempts: int, first: float = FIRST_RETRY_SECONDS) -> float:
+    """1, 2, 4 ... minutes after the first, second, third attempt, at most an
+    hour (a shortened first delay shortens the longest in proportion)."""
+    longest = MAX_RETRY_SECONDS * first / 60.0
+    return float(min(first * 2.0 ** min(max(attempts - 1, 0), 64), longest))
+
+
+class Stopper:
+    """The running commands' Interrupt: its pipe becomes readable, for good,
+    once the stop's grace time ran out."""
+
+    def __init__(self) -> None:
+        self.wake_fd, self._wake_w = os.pipe()
+        self.reason: Optional[str] = None
+
+    def interrupted(self) -> Optional[str]:
+        return self.reason
+
+    def fire(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            os.write(self._wake_w, b"x")
+
+
+class Attempts:
+    """Runs attempts at queued mails, at most ``workers`` at once, each in
+    a thread of its own (the command is a child process; the thread only
+    waits for it)."""
+
+    def __init__(self, queue: Queue, command: PipeCommand, timeout: float, lifetime: float,
+                 workers: int) -> None:
+        self.queue = queue
+        self.command = command
+        self.timeout = timeout
+        self.lifetime = lifetime
+        self.workers = workers
+        self.stopper = Stopper()
+        self.running: Dict[str, threading.Thread] = {}
+        self.results: Dict[str, str] = {}
+        self.next_tries: Dict[str, float] = {}  # of deferred mails, also when the disk is full
+        # Attempts whose command ran but whose outcome could not be recorded
+        # (the envelope's counter could not grow): they count all the same.
+        self.lost: Dict[str, int] = {}
+        # Attempts in a row that failed before their command ran (a broken disk).
+        self.broken: Dict[str, int] = {}
+        self.done_r, self._done_w = os.pipe()
+        os.set_blocking(self.done_r, False)
+        self.reported: set[str] = set()  # damaged envelopes and refused files, reported once
+
+    def report_unreadable(self, mail_id: str, exc: Exception) -> None:
+        """A damaged envelope stays for a person to look at; say so once."""
+        if mail_id not in self.reported:
+            self.reported.add(mail_id)
+            log.error("queue %s: cannot read its envelope (%s); left in the queue",
+                      mail_id, getattr(exc, "strerror", None) or exc)
+
+    def report_refused(self, mail_id: str, why: object) -> str:
+        """A file that is no file to trust is never touched; say so once."""
+        if mail_id not in self.reported:
+            self.reported.add(mail_id)
+            log.error("queue %s: refused: %s; never read, delivered or removed", mail_id, why)
+        return REFUSED
+
+    @property
+    def full(self) -> bool:
+        self.collect()
+        return len(self.running) >= self.workers
+
+    def start(self, mail_id: str, force: bool) -> None:
+        thread = threading.Thread(target=self._run, args=(mail_id, force), daemon=True,
+                                  name=f"deliver {mail_id}")
+        self.running[mail_id] = thread
+        thread.start()
+
+    def _run(self, mail_id: str, force: bool) -> None:
+        try:
+            self.results[mail_id] = self.attempt(mail_id, force)
+        except Exception as exc:  # a broken disk must not end the runner, nor spin it
+            self.results[mail_id] = self._cannot_record(mail_id, "attempt it", exc, None)
+        finally:
+            try:
+                os.write(self._done_w, b"d")
+            except OSError:
+                pass
+
+    def collect(self) -> None:
+        """Forget the threads that are done."""
+        try:
+            while os.read(self.done_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        for mail_id, thread in list(self.running.items()):
+            if not thread.is_alive():
+                thread.join()
+                del self.running[mail_id]
+
+    def wait_all(self, deadline: float) -> bool:
+        while self.running and time.monotonic() < deadline:
+            select.select([self.done_r], [], [], min(1.0, max(deadline - time.monotonic(), 0)))
+            self.collect()
+        return not self.running
+
+    def attempt(self, mail_id: str, force: bool = False) -> str:
+        """One try at one mail; BUSY when another process holds it, it is
+        gone, or (without ``force``) it is not due yet; REFUSED when one of
+        its files is no file to trust."""
+        try:
+            handle = self.queue.lock(mail_id)
+        except UnsafeFile as exc:
+            return self.report_refused(mail_id, exc)
+        if handle is None:
+            return BUSY
+        with handle:
+            try:
+                envelope = self.queue.read_envelope(mail_id)
+            except FileNotFoundError:
+                return BUSY  # delivered or moved meanwhile
+            except UnsafeFile as exc:
+                return self.report_refused(mail_id, exc)
+            except (OSError, ValueError) as exc:
+                self.report_unreadable(mail_id, exc)
+                return BUSY
+            now = time.time()
+            if not force and envelope.next_try > now:
+                return BUSY
+            if os.geteuid() == 0 and self.queue.owner != 0:  # root never delivers as root from it
+                return self.report_refused(mail_id, "root does not deliver from a queue owned by "
+                                           + owner_name(self.queue.owner or 0))
+            damage = self.queue.damage(mail_id, handle, envelope)
+            if damage:
+                return self._give_up(mail_id, envelope, f"{damage}; not delivered", ran=False)
+            outcome = deliver(self.command, envelope.sender, envelope.recipients, handle.fileno(),
+                              self.timeout, self.stopper)
+            return self._record(mail_id, envelope, outcome)
+
+    def _record(self, mail_id: str, envelope: QueuedEnvelope, outcome: Outcome) -> str:
+        """Log the attempt and record its outcome in DIR."""
+        now = time.time()
+        self.broken.pop(mail_id, None)
+        envelope.attempts += 1 + self.lost.get(mail_id, 0)
+        envelope.last_try = now
+        code = outcome.reply.code
+        detail = summarise_stderr(outcome.stderr)
+        if not outcome.delivered:
+            envelope.last_error = outcome.status + (f"; {detail}" if detail else "")
+        give_up = ""
+        if code >= 500:
+            give_up = f"permanent failure: {outcome.status}"
+        elif not outcome.delivered and now - envelope.arrived >= self.lifetime:
+            give_up = (f"still undelivered after the queue lifetime of {self.lifetime:g} s:"
+                       f" {outcome.status}")
+        else:
+            envelope.next_try = now + retry_delay(envelope.attempts)
+        then = ("" if outcome.delivered or give_up
+                else f"; next try in {envelope.next_try - now:.1f} s")
+        # One line per attempt, with the command's status.
+        log.log(INFO if outcome.delivered else ERROR,
+                "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s%s", mail_id,
+                envelope.attempts, envelope.sender, summarise_recipients(envelope.recipients),
+                "delivered" if outcome.delivered else f"{code} not delivered", outcome.status,
+                outcome.seconds, f"; stderr: {detail}" if detail else "", then)
+        if outcome.delivered:
+            try:
+                self.queue.remove(mail_id)
+            except OSError as exc:
+                return self._cannot_record(mail_id, "remove the delivered mail", exc,
+                                           envelope.attempts)
+            self.lost.pop(mail_id, None)
+            log.info("queue %s: delivered after %d attempt%s, %.0f s in the queue", mail_id,
+                     envelope.attempts, "" if envelope.attempts == 1 else "s",
+                     now - envelope.arrived)
+            return DELIVERED
+        if give_up:
+            return self._give_up(mail_id, envelope, give_up)
+        try:
+            self.queue.update(mail_id, envelope)
+        except OSError as exc:  # the old envelope stays; the back-off grows all the same
+            return self._cannot_record(mail_id, "record the attempt", exc, envelope.attempts)
+        self.lost.pop(mail_id, None)
+        self.next_tries[mail_id] = envelope.next_try
+        return DEFERRED
+
+    def _give_up(self, mail_id: str, envelope: QueuedEnvelope, reason: str, ran: bool = True) -> str:
+        try:
+            self.queue.fail(mail_id, envelope, reason)
+        except OSError as exc:
+            return self._cannot_record(mail_id, f"move it to failed/ ({reason})", exc,
+                                       envelope.attempts if ran else None)
+        self.lost.pop(mail_id, None)
+        self.broken.pop(mail_id, None)
+        log.error("queue %s: moved to failed/ after %d attempt%s: mail from <%s> to %s: %s", mail_id,
+                  envelope.attempts, "" if envelope.attempts == 1 else "s", envelope.sender,
+                  summarise_recipients(envelope.recipients), reason)
+        return FAILED
+
+    def _cannot_record(self, mail_id: str, what: str, exc: Exception,
+                       attempts: Optional[int]) -> str:
+        """The outcome is lost (a full disk, a broken one): back off as
+        after a temporary failure, doubling, with one line.  ``attempts``:
+        those of the mail, this one included, when its command ran (it
+        then counts, ``lost``); None when it did not (``broken``)."""
+        if attempts is None:
+            attempts = self.broken[mail_id] = self.broken.get(mail_id, 0) + 1
+        else:
+            self.lost[mail_id] = self.lost.get(mail_id, 0) + 1
+        delay = retry_delay(attempts)
+        self.next_tries[mail_id] = time.time() + delay
+        log.error("queue %s: cannot %s: %s; next try in %.1f s", mail_id, what,
+                  getattr(exc, "strerror", None) or exc, delay)
+        return DEFERRED

@@ -1,0 +1,93 @@
+"""Binding the listening sockets, before anything else can fail late.
+
+The sockets are made with the C module ``_socket``: ``socket.py`` imports
+``enum`` and ``selectors``, some 5 ms here, which can wait until the port
+listens (a client that connects meanwhile waits in the listen queue).
+"""
+
+from __future__ import annotations
+
+import _socket
+
+from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.logger import log
+
+TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
+if TYPE_CHECKING:
+    import socket
+    from typing import List
+
+# Connections beyond the busy workers wait in the kernel's queue.
+BACKLOG = max(_socket.SOMAXCONN, 128)
+
+
+def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:
+    listening: List[_socket.socket] = []
+    try:
+        for interface in interfaces:
+            listening.append(_bind(interface, port))
+    except ConfigError:
+        for sock in listening:
+            sock.close()
+        raise
+    import socket  # now that every port listens
+
+    sockets = [socket.socket(fileno=sock.detach()) for sock in listening]
+    for sock in sockets:
+        sock.setblocking(False)  # a worker that loses the accept race goes back to waiting
+    return sockets
+
+
+def _bind(interface: str, port: int) -> _socket.socket:
+    family = _socket.AF_INET6 if ":" in interface else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+        sock.bind((interface, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        where = f"[{interface}]" if family == _socket.AF_INET6 else interface
+        raise ConfigError(f"cannot listen on {where} port {port}: {exc.strerror}") from None
+    return sock
+
+
+def describe(sockets: List[socket.socket]) -> str:
+    names = []
+    for sock in sockets:
+        address = sock.getsockname()
+        if not isinstance(address, tuple):  # a Unix socket handed over by systemd
+            names.append(str(address) or "unix socket")
+            continue
+        host, port = address[:2]
+        names.append(f"[{host}]:{port}" if sock.family == _socket.AF_INET6 else f"{host}:{port}")
+    return " ".join(names)
+
+
+def reachable_from_outside(sockets: List[socket.socket]) -> List[str]:
+    """The listening addresses other machines may reach: anything but
+    loopback (127.0.0.0/8, ::1) and Unix sockets."""
+    open_ones = []
+    for sock in sockets:
+        address = sock.getsockname()
+        if not isinstance(address, tuple):
+            continue
+        host = str(address[0]).lower()
+        if host.startswith("::ffff:"):
+            host = host[len("::ffff:"):]
+        if host == "::1" or host.startswith("127."):
+            continue
+        open_ones.append(describe([sock]))
+    return open_ones
+
+
+def warn_if_open(config: Config, sockets: List[socket.socket]) -> None:
+    """One warning per listening address others can reach, when nothing
+    restricts who may send."""
+    if config.auth_user is not None or config.auth_file is not None or config.allow:
+        return
+    for where in reachable_from_outside(sockets):
+        log.warning("anyone who can reach %s can send mail through msmtpd:"
+                    " use --allow, --auth or --auth-file to restrict it", where)

@@ -1,0 +1,52 @@
+"""``--inetd``: one session on standard input and output.
+
+Standard input may be a socket (xinetd, systemd ``Accept=yes``) or a plain
+pipe; either way the connection layer bounds every read and every write by
+``--timeout``, so a client that stops reading cannot keep the process.
+SIGTERM (xinetd or systemd stopping) closes the session with 421 and kills
+a running delivery command, so no mail is delivered after the process that
+owned it stopped answering.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from msmtpd.base.config import Config
+from msmtpd.net.connection import Connection, ShutdownRequested, Transport, endpoint_of, peer_name
+from msmtpd.server.service import LATE_MODULES, prepare
+from msmtpd.system.signal_inbox import RecordedSignals
+
+
+class _Signals:
+    """The session's Watch and the delivery's Interrupt under --inetd."""
+
+    def __init__(self) -> None:
+        self.recorded = RecordedSignals()
+        self.wake_fd = self.recorded.wake_fd
+
+    def check(self, connection: Connection, reading: bool) -> None:
+        if self.recorded.handle() and reading:
+            raise ShutdownRequested()
+
+    def interrupted(self) -> Optional[str]:
+        return "msmtpd received SIGTERM" if self.recorded.handle() else None
+
+
+def run_inetd(config: Config, tls_context: Any = None) -> int:
+    service = prepare(config, tls_context=tls_context)
+    if config.user is not None:
+        from msmtpd.system import privileges
+
+        privileges.drop(config.user, LATE_MODULES)
+    signals = _Signals()
+    reader = endpoint_of(sys.stdin.fileno())
+    writer = endpoint_of(sys.stdout.fileno())
+    peer = peer_name(reader)
+    connection = Connection(Transport(reader, writer), config.timeout, watch=signals, peer=peer)
+    try:
+        ended_well = service.session(connection, peer, interrupt=signals).run()
+    finally:
+        connection.close()
+    return 0 if ended_well else 1

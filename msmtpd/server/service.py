@@ -1,0 +1,89 @@
+"""What every process needs to serve a session, built once at start-up and
+shared by ``--inetd`` and the pre-forked workers."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any, Optional
+
+from msmtpd.base.config import Config, ConfigError
+from msmtpd.delivery.pipe_command import Deliverer, Interrupt, PipeCommand
+from msmtpd.net.connection import Connection
+from msmtpd.smtp.session import Session, Settings
+from msmtpd.smtp.session_parts import Deliver
+
+if TYPE_CHECKING:
+    import logging
+
+
+# What a session imports only when it first needs it (a message over the
+# memory limit, an AUTH, a TLS session, a failure to log): privileges.drop
+# imports them before the switch to --user.
+LATE_MODULES = ("tempfile", "hmac", "msmtpd.policy.allow_list", "traceback", "msmtpd.net.tls_context")
+
+
+class Service:
+    def __init__(self, config: Config, command: PipeCommand, settings: Settings,
+                 log_handler: Optional[logging.Handler]) -> None:
+        self.config = config
+        self.command = command
+        self.settings = settings
+        self.log_handler = log_handler
+
+    def session(self, connection: Connection, peer: str,
+                interrupt: Optional[Interrupt] = None) -> Session:
+        deliver: Deliver
+        if self.config.queue is not None:
+            from msmtpd.delivery.queue_store import Queue, Queuer
+
+            deliver = Queuer(Queue(self.config.queue), peer)
+        else:
+            deliver = Deliverer(self.command, self.config.command_timeout, peer, interrupt)
+        return Session(connection, self.settings, deliver, peer)
+
+
+def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = None) -> Service:
+    """Check everything that can fail at start-up; raises ConfigError."""
+    try:
+        command = PipeCommand(config.command)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --command: {exc}") from None
+    handler = None
+    if config.log != "none":  # without a log, logging is never imported
+        from msmtpd.base import log_targets
+
+        try:
+            handler = log_targets.open_handler(config.log)
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
+        log_targets.install(handler)
+    if config.queue is not None:  # before --user drops the right to create it
+        from msmtpd.delivery.queue_store import QueueError, prepare_directory
+
+        try:
+            prepare_directory(config.queue, config.user)
+        except QueueError as exc:
+            raise ConfigError(str(exc)) from None
+    settings = Settings(hostname=socket.gethostname() or "localhost",
+                        max_size=config.max_size, spool_dir=config.spool_dir,
+                        shell_safe=config.shell_safe_addresses, tls=tls_context,
+                        tls_implicit=config.tls_implicit, tls_required=config.tls_required)
+    if config.auth_user is not None:
+        from msmtpd.policy.passwords import FailureClock, PasswordCheck, obtain_password
+
+        password = obtain_password(config.auth_user, config.auth_passwordeval)
+        settings.auth = PasswordCheck(config.auth_user, password, FailureClock(shared_failure_time))
+    elif config.auth_file is not None:
+        from msmtpd.policy.passwords import FailureClock
+        from msmtpd.policy.users_file import load_accounts
+
+        settings.auth = load_accounts(config.auth_file, FailureClock(shared_failure_time))
+    if config.senders is not None:
+        from msmtpd.policy.senders import load_senders
+
+        settings.senders = load_senders(config.senders)
+    if config.allow:
+        from msmtpd.policy.allow_list import AllowList
+
+        settings.allow = AllowList(config.allow)
+    return Service(config, command, settings, handler)

@@ -1,0 +1,263 @@
+"""A pre-forked worker: accepts on the shared listening sockets and serves
+one session at a time through ``socketserver``'s request cycle.
+
+Workers wait in ``select`` on the listening sockets and a wake-up pipe that
+signals write to, so a stop request is never stuck behind ``accept()``.
+While a session runs, the worker is the connection's :class:`Watch`: it
+handles signals, closes an idle session for a stop or an overload, and
+ends a delivery that outlives the stop's grace time.  A forked worker
+always leaves through ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import socketserver
+import time
+from typing import Any, List, Optional
+
+from msmtpd.base.logger import log
+from msmtpd.net.connection import (
+    OVERLOAD_IDLE_SECONDS,
+    Connection,
+    Overloaded,
+    ShutdownRequested,
+    Transport,
+    peer_name,
+)
+from msmtpd.server.service import LATE_MODULES, Service
+from msmtpd.smtp.session import Session
+from msmtpd.system import privileges
+from msmtpd.system.processes import EXIT_BOOT_ERROR  # the master halts on it
+from msmtpd.system.signal_inbox import RecordedSignals
+
+# How often an idle worker checks that its master is still alive.
+PARENT_CHECK_SECONDS = 1.0
+# Byte values in the scoreboard the master shares with its workers.
+IDLE, BUSY = 0, 1
+
+
+def _title(text: str) -> None:
+    from msmtpd.system.proctitle import set_title
+
+    set_title(text)
+
+
+class _ListenerWatch:
+    """Waits until a listening socket has a connection (or a signal came).
+
+    With epoll, each listener is registered EPOLLEXCLUSIVE, so one new
+    connection wakes one idle worker instead of all of them; elsewhere
+    ``select`` does, and the losers of the accept race go back to waiting.
+    """
+
+    def __init__(self, sockets: List[socket.socket], wake_fd: int) -> None:
+        self.sockets = {sock.fileno(): sock for sock in sockets}
+        self.wake_fd = wake_fd
+        self.epoll = select.epoll() if hasattr(select, "epoll") else None
+        if self.epoll is not None:
+            exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+            for fd in self.sockets:
+                self.epoll.register(fd, select.EPOLLIN | exclusive)
+            self.epoll.register(wake_fd, select.EPOLLIN)
+
+    def wait(self, timeout: float) -> List[socket.socket]:
+        if self.epoll is not None:
+            fds = [fd for fd, _ in self.epoll.poll(timeout)]
+        else:
+            fds, _, _ = select.select([*self.sockets, self.wake_fd], [], [], timeout)
+        return [self.sockets[fd] for fd in fds if fd in self.sockets]
+
+    def __enter__(self) -> _ListenerWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.epoll is not None:
+            self.epoll.close()
+
+
+class SessionHandler(socketserver.BaseRequestHandler):
+    """Runs the shared session core on an accepted connection; the
+    connection layer does all reading and writing."""
+
+    server: WorkerServer
+
+    def handle(self) -> None:
+        self.server.worker.serve_session(self.request)
+
+
+class WorkerServer(socketserver.BaseServer):
+    """socketserver's request cycle over sockets the master already bound."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(("", 0), SessionHandler)  # the address is unused: sockets come bound
+        self.worker = worker
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        request.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import traceback
+
+        log.error(
+            "session with %s failed: %s", client_address,
+            traceback.format_exc().strip().splitlines()[-1])
+
+
+class Worker:
+    """One process of the pool.  ``scoreboard`` is memory shared with the
+    master and every worker, one byte per slot (IDLE or BUSY), so a worker
+    can tell when the whole pool is busy."""
+
+    def __init__(self, service: Service, sockets: List[socket.socket], master_pid: int,
+                 status_fd: int, user: Optional[str], scoreboard: Any = None, slot: int = 0) -> None:
+        self.service = service
+        self.sockets = sockets
+        self.master_pid = master_pid
+        self.status_fd = status_fd
+        self.user = user
+        self.scoreboard = scoreboard
+        self.slot = slot
+        self.stopping = False
+        self.signals: RecordedSignals  # made in _boot, in the worker process
+        self.stop_deadline = float("inf")  # when running sessions and commands must end
+        self.wake_fd = -1
+        self.session: Optional[Session] = None
+
+    def run(self) -> None:
+        """The worker's whole life; never returns."""
+        try:
+            self._boot()
+        except Exception as exc:  # report why, then let the master halt
+            self._report(f"error {os.getpid()} {exc}")
+            os._exit(EXIT_BOOT_ERROR)
+        self._report(f"ready {os.getpid()}")
+        try:
+            self._serve()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+
+    def _boot(self) -> None:
+        self.signals = RecordedSignals(retire=True)  # SIGTERM, SIGHUP, SIGUSR2
+        self.wake_fd = self.signals.wake_fd
+        # The master's dispositions must not leak in; SIGCHLD above all, or
+        # the delivery command's exit status would be lost.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                    signal.SIGUSR2})
+        if self.user is not None:
+            privileges.drop(self.user, LATE_MODULES)
+        _title("worker idle")
+
+    def handle_signals(self) -> None:
+        """Act on what the signal handlers recorded, and on the master's death."""
+        if self.signals.handle() or os.getppid() != self.master_pid:
+            self.stop()
+        elif self.signals.retire_requested and self.session is None:
+            self.stop()  # idle: leave now; a running session first ends as usual
+
+    def stop(self) -> None:
+        """Stop accepting at once; a running session ends after its
+        transaction, or when the grace time (``--timeout``) runs out."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.service.config.timeout
+        for sock in self.sockets:
+            sock.close()
+
+    # -- while a session runs ---------------------------------------------
+
+    def serve_session(self, connection: socket.socket) -> None:
+        peer = peer_name(connection)
+        _title(f"session {peer}")
+        self._mark(BUSY)
+        self._report(f"busy {os.getpid()}")  # wakes the master: the pool may need a spare
+        try:
+            wire = Connection(Transport(connection, connection), self.service.config.timeout,
+                              watch=self, peer=peer)
+            self.session = self.service.session(wire, peer, interrupt=self)
+            try:
+                self.session.run()
+            finally:
+                wire.close()
+        finally:
+            self.session = None
+            self._mark(IDLE)
+            _title("worker idle")
+            if self.signals.retire_requested:
+                self.stop()
+
+    def check(self, connection: Connection, reading: bool) -> None:
+        """The connection's Watch: called on every wake-up and tick."""
+        self.handle_signals()
+        if not reading:
+            return
+        if self.stopping:
+            session = self.session
+            if session is None or session.idle or time.monotonic() >= self.stop_deadline:
+                raise ShutdownRequested()
+            return
+        if (connection.awaiting_command and connection.unproductive_seconds >= OVERLOAD_IDLE_SECONDS
+                and self._pool_overloaded()):
+            raise Overloaded()
+
+    def interrupted(self) -> Optional[str]:
+        """For a running delivery command: why it must end now, if it must."""
+        self.handle_signals()
+        if self.stopping and time.monotonic() >= self.stop_deadline:
+            return "msmtpd is stopping and the grace time ran out"
+        return None
+
+    def _pool_overloaded(self) -> bool:
+        """Every worker busy and a connection waiting in a listen queue."""
+        if self.scoreboard is None or IDLE in self.scoreboard[:]:
+            return False
+        waiting, _, _ = select.select(self.sockets, [], [], 0)
+        return bool(waiting)
+
+    def _mark(self, state: int) -> None:
+        if self.scoreboard is not None:
+            self.scoreboard[self.slot] = state
+
+    def _serve(self) -> None:
+        server = WorkerServer(self)
+        with _ListenerWatch(self.sockets, self.wake_fd) as watch:
+            while not self.stopping:
+                ready = watch.wait(PARENT_CHECK_SECONDS)
+                self.handle_signals()  # also notices a master that is gone
+                for listener in ready:
+                    if self.stopping:
+                        break
+                    self._accept(server, listener)
+
+    def _accept(self, server: WorkerServer, listener: socket.socket) -> None:
+        try:
+            connection, address = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker won the race
+        except OSError as exc:
+            log.error("accept failed: %s", exc.strerror)
+            return
+        connection.setblocking(True)
+        try:
+            server.process_request(connection, address)
+        except Exception:
+            server.handle_error(connection, address)
+            server.shutdown_request(connection)
+
+    def _report(self, line: str) -> None:
+        try:
+            os.write(self.status_fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass

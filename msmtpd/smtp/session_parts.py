@@ -1,0 +1,67 @@
+"""What the session shares with its verb mixins and with the code that
+builds it: the settings, the envelope, and the hooks for delivery and
+authentication."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol
+
+if TYPE_CHECKING:
+    from msmtpd.policy.allow_list import AllowList
+    from msmtpd.policy.senders import Senders
+    from msmtpd.smtp.message import Spool
+    from msmtpd.smtp.replies import Reply
+
+
+class Deliver(Protocol):
+    def __call__(self, envelope: Envelope, spool: Spool) -> Reply: ...
+
+
+class Authenticator(Protocol):
+    """Checks credentials; ``wait`` applies the brute-force delay before an
+    AUTH answer, ``failed`` records a failure for it."""
+
+    def check(self, user: bytes, password: bytes) -> bool:
+        """Whether these exact bytes are a user's name and password; the
+        same work whatever they are (``b"", b""`` for an exchange that
+        gave no credentials), so the time of the answer tells nothing."""
+        ...
+
+    def wait(self) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+class Settings:
+    """What a session needs to know of the configuration."""
+
+    def __init__(self, hostname: str = "localhost", max_size: int = 0,
+                 spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
+                 shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
+                 tls_required: bool = False, allow: Optional[AllowList] = None,
+                 senders: Optional[Senders] = None) -> None:
+        self.hostname = hostname
+        self.max_size = max_size
+        self.spool_dir = spool_dir
+        self.auth = auth
+        self.shell_safe = shell_safe  # --shell-safe-addresses
+        self.tls = tls  # the ssl.SSLContext of --tls-cert, or None
+        self.tls_implicit = tls_implicit
+        self.tls_required = tls_required
+        self.allow = allow  # --allow: the client networks that may connect
+        self.senders = senders  # --senders: whom each authenticated user may send as
+
+
+class Envelope:
+    """One transaction's sender, recipients and MAIL parameters."""
+
+    def __init__(self, sender: str = "", recipients: Optional[List[str]] = None) -> None:
+        self.sender = sender
+        self.recipients: List[str] = list(recipients or [])
+        self.smtputf8 = False
+        self.body = "7BIT"
+        self.overshoot = 0  # RCPTs refused for being past MAX_RECIPIENTS
+
+
+class Closed(Exception):
+    """The session is over (QUIT, end of input, timeout or error bound)."""

@@ -13,34 +13,9 @@ as nobody: the rule fails closed.  No bcrypt here, so ``--auth`` with
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import Dict, FrozenSet, Tuple
 
-from msmtpd.base.config import ConfigError
-
-# A users or senders file is a handful of lines; this bounds a file read by mistake.
-MAX_FILE_BYTES = 1 << 20
-
-
-def read_text(path: str, option: str) -> str:
-    """The UTF-8 text of a small configuration file; ConfigError names
-    ``option`` and ``path`` when it cannot be read."""
-    try:
-        # Non-blocking, so that a FIFO named by mistake cannot hang a SIGHUP.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"invalid {option} {path}: not a regular file")
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {option} {path}: {exc.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"invalid {option} {path}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"invalid {option} {path}: not UTF-8 text") from None
+from msmtpd.policy.config_files import read_user_lines
 
 
 class Binding:
@@ -71,23 +46,7 @@ class Senders:
 
 def load_senders(path: str) -> Senders:
     """Read ``path``; ConfigError names the file and line of the first problem."""
-    text = read_text(path, "--senders")
-    bindings: Dict[str, Binding] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            user, binding = parse_line(line)
-        except ValueError as exc:
-            raise ConfigError(f"invalid --senders {path} line {number}: {exc}") from None
-        if user in bindings:
-            raise ConfigError(f"invalid --senders {path} line {number}:"
-                              f" user '{user}' is already listed")
-        bindings[user] = binding
-    if not bindings:
-        raise ConfigError(f"invalid --senders {path}: no users in it")
-    return Senders(bindings)
+    return Senders(read_user_lines(path, "--senders", parse_line, "listed"))
 
 
 def parse_line(line: str) -> Tuple[str, Binding]:

@@ -25,9 +25,8 @@ from typing import Dict, Tuple
 # sessions' user may not be able to read the Python installation).
 import bcrypt
 
-from msmtpd.base.config import ConfigError
+from msmtpd.policy.config_files import read_user_lines
 from msmtpd.policy.passwords import FailureClock, delay_after_failure
-from msmtpd.policy.senders import read_text
 
 # What htpasswd -B writes ($2y$), and the other bcrypt prefixes: cost, then
 # 22 characters of salt and 31 of hash in bcrypt's base64 alphabet.
@@ -97,23 +96,7 @@ def _name(user: bytes) -> str:
 
 def load_accounts(path: str, clock: FailureClock) -> Accounts:
     """Read ``path``; ConfigError names the file and line of the first problem."""
-    text = read_text(path, "--auth-file")
-    users: Dict[str, MailAccount] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            user, account = parse_line(line)
-        except ValueError as exc:
-            raise ConfigError(f"invalid --auth-file {path} line {number}: {exc}") from None
-        if user in users:
-            raise ConfigError(f"invalid --auth-file {path} line {number}:"
-                              f" user '{user}' is already defined")
-        users[user] = account
-    if not users:
-        raise ConfigError(f"invalid --auth-file {path}: no users in it")
-    return Accounts(users, clock)
+    return Accounts(read_user_lines(path, "--auth-file", parse_line, "defined"), clock)
 
 
 def parse_line(line: str) -> Tuple[str, MailAccount]:

@@ -382,21 +382,31 @@ def exposing_prefix(user: pwd.struct_passwd, path: str, workdir: Path) -> List[s
 
     Empty when the user can run it already.  Otherwise (a Python under
     /root, mode 0700, say) a private mount namespace that makes just the
-    program's tree reachable; the user gains no privilege."""
+    program's tree reachable; the user gains no privilege.  The probe runs
+    the program through a shell, as start-stop-daemon does: setpriv's own
+    exec of a path under /root succeeds where the user's exec does not."""
     setpriv = tool("setpriv")
     probe = subprocess.run([setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-                            "--clear-groups", "--", path, "--version"],
+                            "--clear-groups", "--", "/bin/sh", "-c", 'exec "$0" --version', path],
                            capture_output=True, timeout=30)
     if probe.returncode == 0:
         return []
-    parts = Path(path).parts
-    for depth in range(1, len(parts) - 1):
-        directory = Path(*parts[:depth + 1])
-        if not directory.stat().st_mode & stat.S_IXOTH:
-            hold = workdir / "hold"
-            hold.mkdir()
-            return [tool("unshare"), "--mount", "--propagation", "private", "/bin/sh", "-c", EXPOSE,
-                    "expose", str(directory), parts[depth + 1], str(hold)]
+    # The program, and the interpreter of its #! line (a virtualenv's python
+    # links into the Python it was made from).
+    with open(path, "rb") as script:
+        first = script.readline()
+    paths = [path]
+    if first.startswith(b"#!"):
+        paths.append(os.path.realpath(first[2:].split()[0].decode()))
+    for candidate in paths:
+        parts = Path(candidate).parts
+        for depth in range(1, len(parts) - 1):
+            directory = Path(*parts[:depth + 1])
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                hold = workdir / "hold"
+                hold.mkdir()
+                return [tool("unshare"), "--mount", "--propagation", "private", "/bin/sh", "-c",
+                        EXPOSE, "expose", str(directory), parts[depth + 1], str(hold)]
     raise AssertionError(f"{user.pw_name} cannot run {path}: {probe.stderr!r}")
 
 

@@ -20,7 +20,7 @@ import stat
 import sys
 from typing import Any, Optional
 
-from msmtpd.system.owned_files import UnsafeFile, open_file
+from msmtpd.base.safe_files import UnsafeFile, open_checked, written_file
 
 log = logging.getLogger("msmtpd")
 
@@ -104,12 +104,13 @@ class ReopenableFileHandler(_ReportOnce, logging.FileHandler):
     """A log file that can be reopened after logrotate renamed it (SIGHUP).
 
     The master opens it as root in a directory ``--user`` may write, so it
-    is opened as :mod:`msmtpd.system.owned_files` opens files: never through a
+    is opened by :mod:`msmtpd.base.safe_files` as a written file: never through a
     symlink, never a FIFO, never a hard link of another file.  A reopen
     that fails keeps the file already open and says why in it."""
 
     def _open(self) -> io.TextIOWrapper:
-        fd = open_file(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        fd = open_checked(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, written_file(),
+                          mode=LOG_FILE_MODE)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def reopen(self) -> None:

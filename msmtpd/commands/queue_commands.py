@@ -23,6 +23,7 @@ import time
 from typing import List
 
 from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
 from msmtpd.delivery.queue_directory import (
     FLUSH,
     LIST,
@@ -34,7 +35,6 @@ from msmtpd.delivery.queue_directory import (
 )
 from msmtpd.delivery.queue_envelope import QueuedEnvelope, encode_value, iso_time
 from msmtpd.delivery.queue_store import Queue
-from msmtpd.system.safe_files import UnsafeFile, open_checked
 
 EXIT_EMPTY = 0
 EXIT_REMAINING = 75  # EX_TEMPFAIL: mails are still queued
@@ -54,9 +54,9 @@ def run_queue_command(config: Config) -> int:
     queue = Queue(config.queue, owner)
     try:
         queue.ids()
-    except (OSError, UnsafeFile) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read queue {config.queue}:"
-                          f" {getattr(exc, 'strerror', None) or exc}") from None
+                          f" {exc if isinstance(exc, UnsafeFile) else exc.strerror or exc}") from None
     if config.queue_list:
         return list_queue(queue)
     return flush_queue(queue, config)
@@ -108,8 +108,8 @@ def daemon_runs(queue: Queue) -> bool:
     owner, opened without following a link: it is only locked, never
     trusted for a pid)."""
     try:
-        fd = open_checked(os.path.join(queue.directory, RUNNER_LOCK), os.O_RDONLY, stat.S_IFREG,
-                          queue.owner, label=RUNNER_LOCK)
+        fd = open_checked(os.path.join(queue.directory, RUNNER_LOCK), os.O_RDONLY,
+                          queue_file(stat.S_IFREG, queue.owner), label=RUNNER_LOCK)
     except UnsafeFile as exc:
         _warn(f"queue {queue.directory}: {exc}; ignored")
         return False

@@ -24,10 +24,10 @@ import time
 from typing import Dict, Optional
 
 from msmtpd.base.logger import ERROR, INFO, log
+from msmtpd.base.safe_files import UnsafeFile, owner_name
 from msmtpd.delivery.pipe_command import Outcome, PipeCommand, deliver, summarise_recipients, summarise_stderr
 from msmtpd.delivery.queue_envelope import QueuedEnvelope
 from msmtpd.delivery.queue_store import Queue
-from msmtpd.system.safe_files import UnsafeFile, owner_name
 
 
 # The first retry after a temporary failure, doubling up to the last (like

@@ -17,7 +17,7 @@ import os
 import stat
 from typing import Optional
 
-from msmtpd.system.safe_files import UnsafeFile, open_directory, owner_name
+from msmtpd.base.safe_files import UnsafeFile, open_checked, owner_name, queue_file
 
 FAILED = "failed"
 WAKE_FIFO = ".wake"  # the runner reads it; a session writes a byte after storing
@@ -109,7 +109,8 @@ def delivery_user(user: Optional[str], owner: int) -> Optional[str]:
 def _open_checked_directory(path: str, owner: Optional[int] = None, dir_fd: Optional[int] = None,
                             label: str = "") -> int:
     try:
-        return open_directory(path, owner, dir_fd, label or f"queue directory {path}")
+        return open_checked(path, os.O_RDONLY, queue_file(stat.S_IFDIR, owner), dir_fd,
+                            label or f"queue directory {path}")
     except UnsafeFile as exc:
         raise QueueError(str(exc)) from None
 

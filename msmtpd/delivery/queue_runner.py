@@ -19,6 +19,7 @@ import time
 from typing import Dict, List, Optional
 
 from msmtpd.base.logger import log
+from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
 from msmtpd.delivery.pipe_command import PipeCommand
 from msmtpd.delivery.queue_attempts import (  # noqa: F401 (the back-off, as before the split)
     BUSY,
@@ -33,7 +34,6 @@ from msmtpd.delivery.queue_attempts import (  # noqa: F401 (the back-off, as bef
 )
 from msmtpd.delivery.queue_directory import RUNNER_LOCK, WAKE_FLUSH, make_fifo
 from msmtpd.delivery.queue_store import Queue
-from msmtpd.system.safe_files import UnsafeFile, open_checked
 
 # Without any wake-up, look at the directory this often (mails queued by a
 # process that could not reach the FIFO, an expired lock).
@@ -119,7 +119,7 @@ class Runner:
         try:
             if self.lock_fd < 0:
                 self.lock_fd = open_checked(os.path.join(directory, RUNNER_LOCK),
-                                            os.O_RDWR | os.O_CREAT, stat.S_IFREG, owner,
+                                            os.O_RDWR | os.O_CREAT, queue_file(stat.S_IFREG, owner),
                                             label=RUNNER_LOCK)
             try:
                 fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,18 +129,18 @@ class Runner:
                 self.sharing = True
                 return
             fifo = make_fifo(directory)
-            reader = open_checked(fifo, os.O_RDONLY, stat.S_IFIFO, owner, label=fifo)
+            reader = open_checked(fifo, os.O_RDONLY, queue_file(stat.S_IFIFO, owner), label=fifo)
             try:  # our own writer keeps the FIFO from reading as "end of file" forever
-                self._fifo_writer = open_checked(fifo, os.O_WRONLY, stat.S_IFIFO, owner,
+                self._fifo_writer = open_checked(fifo, os.O_WRONLY, queue_file(stat.S_IFIFO, owner),
                                                  label=fifo)
             except BaseException:
                 os.close(reader)
                 raise
             self.fifo = reader
-        except (OSError, UnsafeFile) as exc:
+        except OSError as exc:
             if not self.unsafe_reported:
                 log.error("queue %s: no wake-ups: %s", directory,
-                          getattr(exc, "strerror", None) or exc)
+                          exc if isinstance(exc, UnsafeFile) else exc.strerror or exc)
             self.unsafe_reported = True
             return
         try:  # for a person; nobody signals this pid

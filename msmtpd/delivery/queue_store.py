@@ -18,7 +18,7 @@ flushed.  Only then is the client answered 250.  A ``.msg`` without its
 removed once old.  Mails moved to ``DIR/failed/`` keep both files and the
 reason.
 
-Every file read from DIR is opened through :mod:`msmtpd.system.safe_files`: no
+Every file read from DIR is opened through :mod:`msmtpd.base.safe_files`: no
 symbolic link followed, no FIFO waited on, and only regular files of DIR's
 owner that group and others cannot write are trusted; anything else raises
 UnsafeFile and is never read as mail, delivered or removed.  This module
@@ -36,6 +36,7 @@ import time
 from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Tuple
 
 from msmtpd.base.logger import log
+from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
 from msmtpd.delivery.queue_directory import (
     FAILED,
     RUNNER_LOCK,
@@ -56,7 +57,6 @@ from msmtpd.delivery.queue_envelope import (
     new_id,
     parse_iso_time,
 )
-from msmtpd.system.safe_files import UnsafeFile, open_checked, open_directory
 
 if TYPE_CHECKING:
     from msmtpd.smtp.message import Spool
@@ -171,7 +171,7 @@ class Queue:
         full (EAGAIN) or is no FIFO of DIR's owner (never followed)."""
         try:
             fd = self.open_wake_fifo()
-        except (OSError, UnsafeFile):
+        except OSError:  # UnsafeFile too
             return False
         try:
             return os.write(fd, byte) == 1
@@ -183,8 +183,8 @@ class Queue:
     def open_wake_fifo(self) -> int:
         """The FIFO's writing end, checked: a FIFO of DIR's owner.  OSError
         (ENXIO: no runner reads it) or UnsafeFile."""
-        return open_checked(os.path.join(self.directory, WAKE_FIFO), os.O_WRONLY, stat.S_IFIFO,
-                            self.owner, label=WAKE_FIFO)
+        return open_checked(os.path.join(self.directory, WAKE_FIFO), os.O_WRONLY,
+                            queue_file(stat.S_IFIFO, self.owner), label=WAKE_FIFO)
 
     # -- reading ----------------------------------------------------------
 
@@ -194,13 +194,15 @@ class Queue:
     def open_directory(self, failed: bool = False) -> int:
         """DIR, or its failed/, opened and checked: a directory of DIR's
         owner that group and others cannot write.  UnsafeFile or OSError."""
-        fd = open_directory(self.directory, self.owner, label=f"queue directory {self.directory}")
+        fd = open_checked(self.directory, os.O_RDONLY, queue_file(stat.S_IFDIR, self.owner),
+                          label=f"queue directory {self.directory}")
         if self.owner is None:
             self.owner = os.fstat(fd).st_uid
         if not failed:
             return fd
         try:
-            return open_directory(FAILED, self.owner, fd, f"{FAILED}/")
+            return open_checked(FAILED, os.O_RDONLY, queue_file(stat.S_IFDIR, self.owner), fd,
+                                f"{FAILED}/")
         finally:
             os.close(fd)
 
@@ -209,7 +211,7 @@ class Queue:
         DIR's owner that group and others cannot write."""
         directory = self.open_directory(failed)
         try:
-            return open_checked(mail_id + suffix, os.O_RDONLY, stat.S_IFREG, self.owner,
+            return open_checked(mail_id + suffix, os.O_RDONLY, queue_file(stat.S_IFREG, self.owner),
                                 directory, f"{FAILED + '/' if failed else ''}{mail_id}{suffix}")
         finally:
             os.close(directory)
@@ -233,7 +235,7 @@ class Queue:
         """None when the mail is gone (delivered meanwhile) or unreadable."""
         try:
             return self.read_envelope(mail_id, failed)
-        except (OSError, ValueError, UnsafeFile):
+        except (OSError, ValueError):  # UnsafeFile too
             return None
 
     def entries(self, failed: bool = False) -> List[Tuple[str, QueuedEnvelope | str]]:
@@ -282,6 +284,8 @@ class Queue:
         UnsafeFile when the message is no file to trust."""
         try:
             fd = self.open_file(mail_id, ".msg")
+        except UnsafeFile:
+            raise
         except OSError:
             return None
         handle = os.fdopen(fd, "rb")

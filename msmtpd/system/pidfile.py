@@ -20,7 +20,7 @@ import os
 from typing import Optional
 
 from msmtpd.base.config import ConfigError
-from msmtpd.system.owned_files import UnsafeFile, open_file, still_there
+from msmtpd.base.safe_files import UnsafeFile, open_checked, still_there, written_file
 
 # A name that vanishes between the exclusive create and the open of the
 # existing file (another start removing a stale one) is tried again this often.
@@ -50,7 +50,8 @@ class PidFile:
     def _open(self) -> int:
         for _ in range(OPEN_ATTEMPTS):
             try:
-                return open_file(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PID_FILE_MODE)
+                return open_checked(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, written_file(),
+                                    mode=PID_FILE_MODE)
             except FileExistsError:
                 pass  # a stale file, a live instance's, or something planted: look at it
             except UnsafeFile as exc:
@@ -58,7 +59,7 @@ class PidFile:
             except OSError as exc:
                 raise ConfigError(f"cannot open pid file {self.path}: {exc.strerror}") from None
             try:
-                return open_file(self.path, os.O_RDWR, owners={os.geteuid()})
+                return open_checked(self.path, os.O_RDWR, written_file({os.geteuid()}))
             except FileNotFoundError:
                 continue
             except UnsafeFile as exc:

@@ -64,11 +64,11 @@ def hand_over(fd: int, spec: str) -> None:
     the account's, is handed over; anything else raises ConfigError."""
     if os.geteuid() != 0:
         return
-    from msmtpd.system.owned_files import why_unsafe
+    from msmtpd.base.safe_files import why_unsafe, written_file
 
     account = resolve(spec)
     info = os.fstat(fd)
-    problem = why_unsafe(info, owners={0, account.uid})
+    problem = why_unsafe(info, written_file({0, account.uid}))
     if problem is not None:
         raise ConfigError(f"will not hand the log file to {account.name}: it {problem}")
     if (info.st_uid, info.st_gid) != (account.uid, account.gid):

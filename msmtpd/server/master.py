@@ -21,40 +21,50 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from msmtpd.base.config import Config, ConfigError, is_number
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.net.listeners import describe, warn_if_open
+from msmtpd.server.child_table import (
+    BOOT_FAILED,
+    RETIRED,
+    RUNNER,
+    WORKER,
+    Child,
+    ChildTable,
+    SurplusTimer,
+    parse_reports,
+    worker_ending,
+)
 from msmtpd.server.reload import reload_settings
 from msmtpd.server.runner_supervisor import RunnerKeeper
 from msmtpd.server.service import Service, prepare
-from msmtpd.server.worker import BUSY, IDLE, Worker, _title
+from msmtpd.server.worker import BUSY, IDLE, IDLE_TITLE, Worker
 from msmtpd.system import privileges
 from msmtpd.system.pidfile import PidFile
-from msmtpd.system.processes import EXIT_BOOT_ERROR, become_subreaper, children, fork_child, is_zombie, kill
+from msmtpd.system.processes import (
+    EXIT_BOOT_ERROR,
+    become_subreaper,
+    fork_child,
+    is_zombie,
+    kernel_children,
+    kill,
+    reaped,
+)
+from msmtpd.system.proctitle import set_title
+from msmtpd.system.signal_inbox import SignalInbox
+from msmtpd.system.supervision import STOP_MARGIN_SECONDS, Backoff, exit_text
 from msmtpd.system.systemd import Status
 
-# A worker that dies sooner than this after its start counts as a boot failure ...
-BOOT_GRACE_SECONDS = 1.0
-# ... and its replacement waits 0.1 s, 0.2 s, 0.4 s ... up to this long.
-MAX_RESPAWN_DELAY = 10.0
 # How long the workers may take to report that they are up.
 BOOT_TIMEOUT = 30.0
 # Time granted after SIGKILL for the kernel to let the workers go.
 KILL_WAIT = 5.0
-# After the grace time, how long workers get to end their own delivery
-# commands (and log it) before they are killed.
-STOP_MARGIN = 2.0
-# Idle workers beyond --spare-workers leave after this long (like Apache's
-# MaxSpareServers, but after a minute rather than at once).  The variable is
-# for the test suite.
-SURPLUS_IDLE_SECONDS = float(os.environ.get("MSMTPD_SURPLUS_IDLE_SECONDS", "60"))
 
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
-SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
-                signal.SIGCHLD: "chld"}
-SIGNAL_NAMES[signal.SIGUSR1] = "usr1"  # --queue: retry the queued mails now
+# SIGUSR1 (--queue): retry the queued mails now.
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
 
 class Halt(Exception):
@@ -73,29 +83,22 @@ class Master:
         self.sockets = sockets
         self.pidfile = pidfile
         self.ready_fd = ready_fd
-        self.workers: Dict[int, float] = {}  # pid -> start time
-        self.slots: Dict[int, int] = {}  # pid -> its byte in the scoreboard
+        self.children = ChildTable()  # the workers and the queue runner
         # One byte per worker, shared with all of them: busy or idle.
         self.scoreboard = mmap.mmap(-1, self.config.max_sessions)
-        self.signal_queue: List[int] = []
-        self.fast_deaths = 0
-        self.next_spawn = 0.0
+        self.inbox: SignalInbox  # made in run(), with the handlers
+        self.worker_backoff = Backoff()
+        self.surplus = SurplusTimer()
         self.stopping = False
         self.status_r, self.status_w = os.pipe()
         os.set_blocking(self.status_r, False)
         # A worker never waits on a full pipe (a master busy stopping): a
         # lost "busy" report costs nothing, the next loop looks anyway.
         os.set_blocking(self.status_w, False)
-        self.wake_r, self.wake_w = os.pipe()
-        for fd in (self.wake_r, self.wake_w):
-            os.set_blocking(fd, False)
         self.status_buffer = b""
-        self.booted: set[int] = set()
-        self.renewing: set[int] = set()  # workers told to leave after their session
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
-        self.surplus_since: Optional[float] = None
-        self.runner = RunnerKeeper(self.config, service.command)  # --queue
+        self.runner = RunnerKeeper(self.config, service.command, self.children)  # --queue
 
     # -- life cycle -------------------------------------------------------
 
@@ -104,7 +107,7 @@ class Master:
         become_subreaper()
         if self.pidfile is not None:
             self.pidfile.write(os.getpid())
-        _title(f"master {describe(self.sockets)}")
+        set_title(f"master {describe(self.sockets)}")
         try:
             gc.collect()
             gc.freeze()  # keep the pages the workers inherit shared
@@ -133,9 +136,7 @@ class Master:
                 self.pidfile.remove()
 
     def _loop_once(self) -> None:
-        if self.signal_queue:
-            signum = self.signal_queue.pop(0)
-            getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+        if self.inbox.dispatch(at_most=1):
             return
         self._sleep(1.0)
         self._read_status()
@@ -162,31 +163,21 @@ class Master:
             raise Halt("", 0)
 
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self.wake_w)
-        for signum in SIGNAL_NAMES:
-            signal.signal(signum, self._queue_signal)
+        self.inbox = SignalInbox(self, MASTER_SIGNALS)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # meant for workers: it renews them
-
-    def _queue_signal(self, signum: int, frame: object) -> None:
-        # Only record the signal; the main loop does the work.
-        if len(self.signal_queue) < 10:
-            self.signal_queue.append(signum)
 
     def _sleep(self, seconds: float) -> None:
         try:
             # While stopping, late status reports are of no interest: watching
             # that pipe without reading it would spin.
-            watch = [self.wake_r] if self.stopping else [self.wake_r, self.status_r]
+            wake_fd = self.inbox.wake_fd
+            watch = [wake_fd] if self.stopping else [wake_fd, self.status_r]
             ready, _, _ = select.select(watch, [], [], seconds)
         except InterruptedError:
             return
-        if self.wake_r in ready:
-            try:
-                while os.read(self.wake_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
+        if wake_fd in ready:
+            self.inbox.drain()
 
     # -- signals ----------------------------------------------------------
 
@@ -203,8 +194,8 @@ class Master:
             _hand_log_to_user(self.config, self.service.log_handler)
         except ConfigError as exc:
             log.error("%s", exc)
-        for pid in list(self.workers):
-            kill(pid, signal.SIGHUP)
+        for child in self.children.workers():
+            kill(child.pid, signal.SIGHUP)
         self.runner.signal(signal.SIGHUP)
         if reload_settings(self.config, self.service.settings):
             self._renew_workers()
@@ -214,9 +205,13 @@ class Master:
         """New workers get what SIGHUP re-read; each old one leaves when its
         session is over."""
         log.info("renewing the workers")
-        for pid in list(self.workers):
-            self.renewing.add(pid)
-            kill(pid, signal.SIGUSR2)
+        for child in self.children.workers():
+            self._retire(child)
+
+    def _retire(self, child: Child) -> None:
+        """The worker leaves once its session (if any) is over."""
+        child.retiring = True
+        kill(child.pid, signal.SIGUSR2)
 
     def handle_term(self) -> None:
         self.status.stopping()
@@ -229,49 +224,40 @@ class Master:
     # -- workers ----------------------------------------------------------
 
     def reap(self) -> None:
+        """Take note of every child that ended (the loop replaces them)."""
         if not self.stopping:
             self._read_status()  # know which of the dead had reported ready
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.runner.pid:
-                self.runner.ended(status, self.stopping)
-                if not self.stopping:
-                    self._end_orphaned_commands("its queue runner died")
-                continue
-            started = self.workers.pop(pid, None)
-            if started is None:
+        for pid, status in reaped():
+            child = self.children.pop(pid)
+            if child is None:
                 continue  # an orphan we adopted as subreaper, now reaped
-            self.scoreboard[self.slots.pop(pid)] = IDLE
-            was_up = pid in self.booted
-            self.booted.discard(pid)
-            if self.stopping:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            if code == 0 and pid in self.renewing:
-                self.renewing.discard(pid)
-                continue  # replaced by one with the new certificate
-            self.renewing.discard(pid)
-            if code == EXIT_BOOT_ERROR:
-                self._read_status()
-                raise Halt(f"worker {pid} could not start")
-            how = f"exit status {code}" if code >= 0 else f"signal {-code}"
-            # Status 0 is a worker stopped from outside (SIGTERM sent to the
-            # whole group), not a crash; it is replaced all the same.
-            log.log(INFO if code == 0 else ERROR,
-                    "worker %d ended (%s); replacing it", pid, how)
-            self._end_orphaned_commands()
-            if not was_up or time.monotonic() - started < BOOT_GRACE_SECONDS and code > 0:
-                # It died starting up: replace it, but not in a tight loop.
-                self.fast_deaths += 1
-                delay = min(0.1 * 2 ** (self.fast_deaths - 1), MAX_RESPAWN_DELAY)
-                self.next_spawn = time.monotonic() + delay
+            if child.kind == RUNNER:
+                self._runner_ended(child, status)
             else:
-                self.fast_deaths = 0
+                self._worker_ended(child, status)
+
+    def _runner_ended(self, child: Child, status: int) -> None:
+        if not self.stopping:
+            self.runner.ended(child, status)
+            self._end_orphaned_commands("its queue runner died")
+
+    def _worker_ended(self, child: Child, status: int) -> None:
+        self.scoreboard[child.slot] = IDLE
+        if self.stopping:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        ending = worker_ending(child, code)
+        if ending == RETIRED:
+            return  # replaced by one with the new settings, or not at all
+        if ending == BOOT_FAILED:
+            self._read_status()
+            raise Halt(f"worker {child.pid} could not start")
+        # Status 0 is a worker stopped from outside (SIGTERM sent to the
+        # whole group), not a crash; it is replaced all the same.
+        log.log(INFO if code == 0 else ERROR,
+                "worker %d ended (%s); replacing it", child.pid, exit_text(code))
+        self._end_orphaned_commands()
+        self.worker_backoff.ended(child.died_young(code, time.monotonic()))
 
     def _end_orphaned_commands(self, why: str = "its worker died before answering") -> int:
         """A delivery command whose worker died is now our child (we are its
@@ -281,8 +267,8 @@ class Master:
         background by finished commands, are only reaped.  Returns how
         many commands were killed (and are still to be reaped)."""
         killed = 0
-        for pid in children():
-            if pid in self.workers or pid == self.runner.pid or is_zombie(pid):
+        for pid in kernel_children():
+            if pid in self.children or is_zombie(pid):
                 continue  # a command that already finished is merely reaped
             try:
                 if os.getpgid(pid) != pid:
@@ -302,38 +288,26 @@ class Master:
         return min(self.config.max_sessions, busy + self.config.spare_workers)
 
     def _spawn_missing(self) -> None:
-        if self.stopping or time.monotonic() < self.next_spawn:
+        if self.stopping or not self.worker_backoff.may_start():
             return
-        while len(self.workers) < self._wanted():
+        while len(self.children.workers()) < self._wanted():
             self._spawn()
 
     def _let_surplus_go(self) -> None:
         """Idle workers beyond the spares, for SURPLUS_IDLE_SECONDS, leave
         (SIGUSR2: a worker that has just taken a session finishes it first)."""
-        idle = [pid for pid, slot in self.slots.items()
-                if self.scoreboard[slot] == IDLE and pid in self.booted and pid not in self.renewing]
-        surplus = len(idle) - self.config.spare_workers
-        if surplus <= 0:
-            self.surplus_since = None
-            return
-        now = time.monotonic()
-        if self.surplus_since is None:
-            self.surplus_since = now
-        elif now - self.surplus_since >= SURPLUS_IDLE_SECONDS:
-            for pid in idle[:surplus]:
-                self.renewing.add(pid)
-                kill(pid, signal.SIGUSR2)
-            self.surplus_since = None
+        idle = self.children.idle_workers(lambda slot: self.scoreboard[slot] == IDLE)
+        for child in idle[:self.surplus.due(len(idle), self.config.spare_workers)]:
+            self._retire(child)
 
     def _spawn(self) -> None:
-        slot = min(set(range(self.config.max_sessions)) - set(self.slots.values()))
+        slot = self.children.free_slot(self.config.max_sessions)
         self.scoreboard[slot] = IDLE
         worker = Worker(self.service, self.sockets, os.getpid(), self.status_w,
                         self.config.user, self.scoreboard, slot)
-        pid = fork_child(WORKER_SIGNALS, [self.wake_r, self.wake_w, self.status_r,
-                                          *self._private_fds()], worker.run)
-        self.workers[pid] = time.monotonic()
-        self.slots[pid] = slot
+        pid = fork_child(WORKER_SIGNALS, [*self.inbox.fds(), self.status_r, *self._private_fds()],
+                         IDLE_TITLE, worker.run)
+        self.children.add(Child(pid, WORKER, time.monotonic(), slot))
 
     def _read_status(self) -> None:
         """Workers report ``ready PID`` or ``error PID why`` on the status pipe."""
@@ -345,26 +319,22 @@ class Master:
                 self.status_buffer += chunk
         except BlockingIOError:
             pass
-        while b"\n" in self.status_buffer:
-            line, self.status_buffer = self.status_buffer.split(b"\n", 1)
-            kind, _, rest = line.decode("utf-8", "replace").partition(" ")
-            pid_text, _, why = rest.partition(" ")
+        reports, self.status_buffer = parse_reports(self.status_buffer)
+        for kind, pid_text, why in reports:
             if kind == "error":
                 raise Halt(why or f"worker {pid_text} could not start")
             if kind == "ready" and is_number(pid_text):
-                self.booted.add(int(pid_text))
+                self.children.mark_booted(int(pid_text))
             # "busy PID" needs nothing more: it woke the loop, which grows the pool.
 
     def _wait_for_boot(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while len(self.booted) < self._wanted():
+        while self.children.booted_workers() < self._wanted():
             if time.monotonic() > deadline:
                 raise Halt("workers did not start in time")
             self._sleep(0.05)
             self._read_status()
-            if self.signal_queue:
-                signum = self.signal_queue.pop(0)
-                getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+            self.inbox.dispatch(at_most=1)
             self.reap()  # a worker killed while it boots is replaced, not waited for
             self._spawn_missing()
 
@@ -375,17 +345,17 @@ class Master:
         self.stopping = True
         for sock in self.sockets:
             sock.close()
-        for pid in list(self.workers):
-            kill(pid, signal.SIGTERM)
+        for child in self.children.workers():
+            kill(child.pid, signal.SIGTERM)
         self.runner.signal(signal.SIGTERM)
-        grace = self.config.timeout + STOP_MARGIN if graceful else 1.0
+        grace = self.config.timeout + STOP_MARGIN_SECONDS if graceful else 1.0
         deadline = time.monotonic() + grace
-        while (self.workers or self.runner.pid) and time.monotonic() < deadline:
+        while self.children and time.monotonic() < deadline:
             self._sleep(0.05)
             self.reap()
-        for pid in list(self.workers):
-            log.error("worker %d did not stop in time; killing it", pid)
-            kill(pid, signal.SIGKILL)
+        for child in self.children.workers():
+            log.error("worker %d did not stop in time; killing it", child.pid)
+            kill(child.pid, signal.SIGKILL)
         if self.runner.pid is not None:
             log.error("queue runner %d did not stop in time; killing it", self.runner.pid)
             self.runner.signal(signal.SIGKILL)
@@ -393,7 +363,7 @@ class Master:
         while time.monotonic() < deadline:
             self.reap()
             left = self._end_orphaned_commands("msmtpd is stopping and its worker is gone")
-            if not self.workers and not self.runner.pid and not left:
+            if not self.children and not left:
                 break
             self._sleep(0.05)
 
@@ -408,7 +378,7 @@ class Master:
     def _keep_runner(self) -> None:
         if not self.stopping:
             self.runner.keep_alive(lambda: [
-                self.wake_r, self.wake_w, self.status_r, self.status_w,
+                *self.inbox.fds(), self.status_r, self.status_w,
                 *(sock.fileno() for sock in self.sockets), *self._private_fds()])
 
     def _private_fds(self) -> List[int]:

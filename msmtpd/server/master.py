@@ -1,8 +1,9 @@
 """The master process: binds, (optionally) daemonises, forks a bounded pool
-of workers and supervises them.
+of workers (server.pool) and a queue runner (server.runner_supervisor),
+and supervises them, each child one record in a ChildTable.
 
-Signal handlers only queue the signal; the main loop dispatches
-``handle_<signal>``.  Dead workers are reaped with ``waitpid(-1, WNOHANG)``
+Signal handlers only record the signal (system.signal_inbox); the main
+loop dispatches ``handle_<signal>``.  Dead workers are reaped with ``waitpid(-1, WNOHANG)``
 in a loop and replaced, with a back-off when they die right after start; a
 worker that cannot start at all halts the master.  Shutdown is staged:
 stop accepting, SIGTERM each worker once, let sessions and delivery
@@ -14,7 +15,6 @@ delivery command it leaves behind, and leave only when no child is left.
 from __future__ import annotations
 
 import gc
-import mmap
 import os
 import select
 import signal
@@ -23,38 +23,20 @@ import sys
 import time
 from typing import Any, List, Optional
 
-from msmtpd.base.config import Config, ConfigError, is_number
-from msmtpd.base.logger import ERROR, INFO, log
+from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.logger import log
 from msmtpd.net.listeners import describe, warn_if_open
-from msmtpd.server.child_table import (
-    BOOT_FAILED,
-    RETIRED,
-    RUNNER,
-    WORKER,
-    Child,
-    ChildTable,
-    SurplusTimer,
-    parse_reports,
-    worker_ending,
-)
+from msmtpd.server.child_table import RUNNER, Child, ChildTable
+from msmtpd.server.pool import Halt, WorkerPool
 from msmtpd.server.reload import reload_settings
 from msmtpd.server.runner_supervisor import RunnerKeeper
 from msmtpd.server.service import Service, prepare
-from msmtpd.server.worker import BUSY, IDLE, IDLE_TITLE, Worker
 from msmtpd.system import privileges
 from msmtpd.system.pidfile import PidFile
-from msmtpd.system.processes import (
-    EXIT_BOOT_ERROR,
-    become_subreaper,
-    fork_child,
-    is_zombie,
-    kernel_children,
-    kill,
-    reaped,
-)
+from msmtpd.system.processes import become_subreaper, is_zombie, kernel_children, kill, reaped
 from msmtpd.system.proctitle import set_title
 from msmtpd.system.signal_inbox import SignalInbox
-from msmtpd.system.supervision import STOP_MARGIN_SECONDS, Backoff, exit_text
+from msmtpd.system.supervision import STOP_MARGIN_SECONDS
 from msmtpd.system.systemd import Status
 
 # How long the workers may take to report that they are up.
@@ -62,20 +44,13 @@ BOOT_TIMEOUT = 30.0
 # Time granted after SIGKILL for the kernel to let the workers go.
 KILL_WAIT = 5.0
 
-WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 # SIGUSR1 (--queue): retry the queued mails now.
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
 
-class Halt(Exception):
-    """The master must stop; ``str()`` is the reason and ``code`` the exit status."""
-
-    def __init__(self, reason: str, code: int = EXIT_BOOT_ERROR) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 class Master:
+    """The supervisor: its loop, its signals, its children's ends, the stop."""
+
     def __init__(self, service: Service, sockets: List[socket.socket],
                  pidfile: Optional[PidFile], ready_fd: Optional[int] = None) -> None:
         self.service = service
@@ -84,18 +59,9 @@ class Master:
         self.pidfile = pidfile
         self.ready_fd = ready_fd
         self.children = ChildTable()  # the workers and the queue runner
-        # One byte per worker, shared with all of them: busy or idle.
-        self.scoreboard = mmap.mmap(-1, self.config.max_sessions)
+        self.pool = WorkerPool(service, sockets, self.children)
         self.inbox: SignalInbox  # made in run(), with the handlers
-        self.worker_backoff = Backoff()
-        self.surplus = SurplusTimer()
         self.stopping = False
-        self.status_r, self.status_w = os.pipe()
-        os.set_blocking(self.status_r, False)
-        # A worker never waits on a full pipe (a master busy stopping): a
-        # lost "busy" report costs nothing, the next loop looks anyway.
-        os.set_blocking(self.status_w, False)
-        self.status_buffer = b""
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
         self.runner = RunnerKeeper(self.config, service.command, self.children)  # --queue
@@ -117,7 +83,7 @@ class Master:
             self._notify_ready("ready")
             self.status.ready()
             log.info("listening on %s with %d workers ready, up to %d", describe(self.sockets),
-                     self._wanted(), self.config.max_sessions)
+                     self.pool.wanted(), self.config.max_sessions)
             warn_if_open(self.config, self.sockets)
             self.last_busy = time.monotonic()
             while True:
@@ -139,18 +105,18 @@ class Master:
         if self.inbox.dispatch(at_most=1):
             return
         self._sleep(1.0)
-        self._read_status()
+        self.pool.read_status()
         self.reap()
         self._spawn_missing()
         self._keep_runner()
-        self._let_surplus_go()
+        self.pool.let_surplus_go()
         self._watch_sessions()
 
     def _watch_sessions(self) -> None:
         """Report the sessions in use; with --idle-exit, leave once none ran
         for that long (the socket stays with systemd or inetd, which start
         msmtpd again for the next client)."""
-        busy = self.scoreboard[:].count(BUSY)
+        busy = self.pool.busy()
         self.status.sessions(busy)
         now = time.monotonic()
         if busy or select.select(self.sockets, [], [], 0)[0]:
@@ -172,7 +138,7 @@ class Master:
             # While stopping, late status reports are of no interest: watching
             # that pipe without reading it would spin.
             wake_fd = self.inbox.wake_fd
-            watch = [wake_fd] if self.stopping else [wake_fd, self.status_r]
+            watch = [wake_fd] if self.stopping else [wake_fd, self.pool.status_r]
             ready, _, _ = select.select(watch, [], [], seconds)
         except InterruptedError:
             return
@@ -194,24 +160,11 @@ class Master:
             _hand_log_to_user(self.config, self.service.log_handler)
         except ConfigError as exc:
             log.error("%s", exc)
-        for child in self.children.workers():
-            kill(child.pid, signal.SIGHUP)
+        self.pool.signal(signal.SIGHUP)
         self.runner.signal(signal.SIGHUP)
         if reload_settings(self.config, self.service.settings):
-            self._renew_workers()
+            self.pool.renew()
         self.status.reloaded()
-
-    def _renew_workers(self) -> None:
-        """New workers get what SIGHUP re-read; each old one leaves when its
-        session is over."""
-        log.info("renewing the workers")
-        for child in self.children.workers():
-            self._retire(child)
-
-    def _retire(self, child: Child) -> None:
-        """The worker leaves once its session (if any) is over."""
-        child.retiring = True
-        kill(child.pid, signal.SIGUSR2)
 
     def handle_term(self) -> None:
         self.status.stopping()
@@ -226,38 +179,20 @@ class Master:
     def reap(self) -> None:
         """Take note of every child that ended (the loop replaces them)."""
         if not self.stopping:
-            self._read_status()  # know which of the dead had reported ready
+            self.pool.read_status()  # know which of the dead had reported ready
         for pid, status in reaped():
             child = self.children.pop(pid)
             if child is None:
                 continue  # an orphan we adopted as subreaper, now reaped
             if child.kind == RUNNER:
                 self._runner_ended(child, status)
-            else:
-                self._worker_ended(child, status)
+            elif self.pool.ended(child, status, self.stopping):
+                self._end_orphaned_commands()
 
     def _runner_ended(self, child: Child, status: int) -> None:
         if not self.stopping:
             self.runner.ended(child, status)
             self._end_orphaned_commands("its queue runner died")
-
-    def _worker_ended(self, child: Child, status: int) -> None:
-        self.scoreboard[child.slot] = IDLE
-        if self.stopping:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        ending = worker_ending(child, code)
-        if ending == RETIRED:
-            return  # replaced by one with the new settings, or not at all
-        if ending == BOOT_FAILED:
-            self._read_status()
-            raise Halt(f"worker {child.pid} could not start")
-        # Status 0 is a worker stopped from outside (SIGTERM sent to the
-        # whole group), not a crash; it is replaced all the same.
-        log.log(INFO if code == 0 else ERROR,
-                "worker %d ended (%s); replacing it", child.pid, exit_text(code))
-        self._end_orphaned_commands()
-        self.worker_backoff.ended(child.died_young(code, time.monotonic()))
 
     def _end_orphaned_commands(self, why: str = "its worker died before answering") -> int:
         """A delivery command whose worker died is now our child (we are its
@@ -280,60 +215,17 @@ class Master:
             log.error("ended delivery command %d: %s", pid, why)
         return killed
 
-    def _wanted(self) -> int:
-        """Workers for the sessions running plus --spare-workers idle ones,
-        at most --max-sessions: the pool grows the moment spares are taken
-        (a worker reports "busy" on the status pipe, which wakes us)."""
-        busy = self.scoreboard[:].count(BUSY)
-        return min(self.config.max_sessions, busy + self.config.spare_workers)
-
     def _spawn_missing(self) -> None:
-        if self.stopping or not self.worker_backoff.may_start():
-            return
-        while len(self.children.workers()) < self._wanted():
-            self._spawn()
-
-    def _let_surplus_go(self) -> None:
-        """Idle workers beyond the spares, for SURPLUS_IDLE_SECONDS, leave
-        (SIGUSR2: a worker that has just taken a session finishes it first)."""
-        idle = self.children.idle_workers(lambda slot: self.scoreboard[slot] == IDLE)
-        for child in idle[:self.surplus.due(len(idle), self.config.spare_workers)]:
-            self._retire(child)
-
-    def _spawn(self) -> None:
-        slot = self.children.free_slot(self.config.max_sessions)
-        self.scoreboard[slot] = IDLE
-        worker = Worker(self.service, self.sockets, os.getpid(), self.status_w,
-                        self.config.user, self.scoreboard, slot)
-        pid = fork_child(WORKER_SIGNALS, [*self.inbox.fds(), self.status_r, *self._private_fds()],
-                         IDLE_TITLE, worker.run)
-        self.children.add(Child(pid, WORKER, time.monotonic(), slot))
-
-    def _read_status(self) -> None:
-        """Workers report ``ready PID`` or ``error PID why`` on the status pipe."""
-        try:
-            while True:
-                chunk = os.read(self.status_r, 4096)
-                if not chunk:
-                    break
-                self.status_buffer += chunk
-        except BlockingIOError:
-            pass
-        reports, self.status_buffer = parse_reports(self.status_buffer)
-        for kind, pid_text, why in reports:
-            if kind == "error":
-                raise Halt(why or f"worker {pid_text} could not start")
-            if kind == "ready" and is_number(pid_text):
-                self.children.mark_booted(int(pid_text))
-            # "busy PID" needs nothing more: it woke the loop, which grows the pool.
+        if not self.stopping:
+            self.pool.spawn_missing(lambda: [*self.inbox.fds(), *self._private_fds()])
 
     def _wait_for_boot(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while self.children.booted_workers() < self._wanted():
+        while self.children.booted_workers() < self.pool.wanted():
             if time.monotonic() > deadline:
                 raise Halt("workers did not start in time")
             self._sleep(0.05)
-            self._read_status()
+            self.pool.read_status()
             self.inbox.dispatch(at_most=1)
             self.reap()  # a worker killed while it boots is replaced, not waited for
             self._spawn_missing()
@@ -345,8 +237,7 @@ class Master:
         self.stopping = True
         for sock in self.sockets:
             sock.close()
-        for child in self.children.workers():
-            kill(child.pid, signal.SIGTERM)
+        self.pool.signal(signal.SIGTERM)
         self.runner.signal(signal.SIGTERM)
         grace = self.config.timeout + STOP_MARGIN_SECONDS if graceful else 1.0
         deadline = time.monotonic() + grace
@@ -378,7 +269,7 @@ class Master:
     def _keep_runner(self) -> None:
         if not self.stopping:
             self.runner.keep_alive(lambda: [
-                *self.inbox.fds(), self.status_r, self.status_w,
+                *self.inbox.fds(), self.pool.status_r, self.pool.status_w,
                 *(sock.fileno() for sock in self.sockets), *self._private_fds()])
 
     def _private_fds(self) -> List[int]:

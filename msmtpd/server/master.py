@@ -29,7 +29,7 @@ from msmtpd.net.listeners import describe, warn_if_open
 from msmtpd.server.child_table import RUNNER, Child, ChildTable
 from msmtpd.server.pool import Halt, WorkerPool
 from msmtpd.server.reload import reload_settings
-from msmtpd.server.runner_supervisor import RunnerKeeper
+from msmtpd.server.runner_supervisor import RunnerSupervisor
 from msmtpd.server.service import Service, prepare
 from msmtpd.system import privileges
 from msmtpd.system.pidfile import PidFile
@@ -64,7 +64,7 @@ class Master:
         self.stopping = False
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
-        self.runner = RunnerKeeper(self.config, service.command, self.children)  # --queue
+        self.runner = RunnerSupervisor(self.config, service.command, self.children)  # --queue
 
     # -- life cycle -------------------------------------------------------
 

@@ -19,7 +19,7 @@ from msmtpd.system.supervision import Backoff, exit_text
 RUNNER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
-class RunnerKeeper:
+class RunnerSupervisor:
     """One queue runner, replaced when it dies; nothing without --queue."""
 
     def __init__(self, config: Config, command: PipeCommand, children: ChildTable) -> None:

@@ -16,7 +16,7 @@ import select
 import signal
 import stat
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from msmtpd.base.logger import log
 from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
@@ -34,17 +34,15 @@ from msmtpd.delivery.queue_attempts import (  # noqa: F401 (the back-off, as bef
 )
 from msmtpd.delivery.queue_directory import RUNNER_LOCK, WAKE_FLUSH, make_fifo
 from msmtpd.delivery.queue_store import Queue
+from msmtpd.system.processes import PARENT_CHECK_SECONDS, master_gone
+from msmtpd.system.signal_inbox import SignalInbox
+from msmtpd.system.supervision import STOP_MARGIN_SECONDS
 
 # Without any wake-up, look at the directory this often (mails queued by a
 # process that could not reach the FIFO, an expired lock).
 SCAN_SECONDS = 60.0
 # A mail another process holds is looked at again after this long.
 BUSY_RETRY_SECONDS = 1.0
-# How often the runner checks that its master is still alive.
-PARENT_CHECK_SECONDS = 1.0
-# After the grace time: how long killed commands' attempts get to be recorded
-# (the master's STOP_MARGIN is the same).
-KILL_MARGIN_SECONDS = 2.0
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
@@ -58,7 +56,7 @@ class Runner:
         self.grace = grace
         self.schedule: Dict[str, float] = {}  # id -> next try (time.time())
         self.forced: set[str] = set()  # SIGUSR1: try these at once, due or not
-        self.flagged: List[int] = []
+        self.stop_requested = False
         self.last_scan = 0.0
         self.last_tidy = 0.0
         self.lock_fd = -1
@@ -66,28 +64,21 @@ class Runner:
         self.sharing = False
         self.unsafe_reported = False
 
-    def _record(self, signum: int, frame: object) -> None:
-        self.flagged.append(signum)  # only record; the loop does the work
-
     def serve(self) -> int:
-        sig_r, sig_w = os.pipe()
-        for fd in (sig_r, sig_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(sig_w)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(signum, self._record)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1})
+        inbox = SignalInbox(self, (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1))
+        inbox.unblock()
         self._tidy()
         log.info("queue runner %d on %s: %d mails queued", os.getpid(), self.queue.directory,
                  len(self.queue.ids()))
         while True:
-            if self._handle_signals():
+            inbox.dispatch()
+            if self.stop_requested or master_gone(self.master_pid):
                 return self._stop()
             self._dispatch()
             wait = PARENT_CHECK_SECONDS
             if not self.attempts.full and self.schedule:
                 wait = min(wait, min(self.schedule.values()) - time.time())
-            watch = [sig_r, self.attempts.done_r] + ([self.fifo] if self.fifo >= 0 else [])
+            watch = [inbox.wake_fd, self.attempts.done_r] + ([self.fifo] if self.fifo >= 0 else [])
             try:
                 ready, _, _ = select.select(watch, [], [], max(wait, 0.01))
             except InterruptedError:
@@ -151,20 +142,19 @@ class Runner:
         if self.sharing:
             log.info("queue %s: runner %d takes over the wake-ups", directory, os.getpid())
 
-    def _handle_signals(self) -> bool:
-        """True when the runner must stop (SIGTERM, or the master is gone)."""
-        stop = os.getppid() != self.master_pid
-        while self.flagged:
-            signum = self.flagged.pop(0)
-            if signum == signal.SIGTERM:
-                stop = True
-            elif signum == signal.SIGHUP:
-                from msmtpd.base import log_targets
+    # -- signals, from the inbox (the runner stops on SIGTERM or when its
+    # master is gone) --------------------------------------------------------
 
-                log_targets.reopen()
-            elif signum == signal.SIGUSR1:
-                self._flush_all("SIGUSR1")
-        return stop
+    def handle_term(self) -> None:
+        self.stop_requested = True
+
+    def handle_hup(self) -> None:
+        from msmtpd.base import log_targets
+
+        log_targets.reopen()
+
+    def handle_usr1(self) -> None:
+        self._flush_all("SIGUSR1")
 
     def _flush_all(self, why: str) -> None:
         """SIGUSR1 or --queue-flush: every queued mail is tried now."""
@@ -234,7 +224,7 @@ class Runner:
             log.info("queue runner stopping: %d deliveries running", len(self.attempts.running))
         if not self.attempts.wait_all(time.monotonic() + self.grace):
             self.attempts.stopper.fire("msmtpd is stopping and the grace time ran out")
-            self.attempts.wait_all(time.monotonic() + KILL_MARGIN_SECONDS)
+            self.attempts.wait_all(time.monotonic() + STOP_MARGIN_SECONDS)
         return EXIT_OK
 
 
@@ -254,15 +244,10 @@ def _drain(fd: int) -> bytes:
 
 def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: float,
                workers: int, grace: float, user: Optional[str], master_pid: int) -> None:
-    """The forked runner's whole life; never returns."""
+    """The forked runner's whole life (after processes.fork_child's set-up);
+    never returns."""
     code = EXIT_FAILED
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # or the command's exit status is lost
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        from msmtpd.system.proctitle import set_title  # imported while we may still read everything
-
-        set_title(f"queue runner {queue_dir}")
         queue = Queue(queue_dir)
         os.close(queue.open_directory())  # learns DIR's owner: whom to deliver as
         assert queue.owner is not None

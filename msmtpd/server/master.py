@@ -1,8 +1,9 @@
 """The master process: binds, (optionally) daemonises, forks a bounded pool
-of workers and supervises them.
+of workers (server.pool) and a queue runner (server.runner_supervisor),
+and supervises them, each child one record in a ChildTable.
 
-Signal handlers only queue the signal; the main loop dispatches
-``handle_<signal>``.  Dead workers are reaped with ``waitpid(-1, WNOHANG)``
+Signal handlers only record the signal (system.signal_inbox); the main
+loop dispatches ``handle_<signal>``.  Dead workers are reaped with ``waitpid(-1, WNOHANG)``
 in a loop and replaced, with a back-off when they die right after start; a
 worker that cannot start at all halts the master.  Shutdown is staged:
 stop accepting, SIGTERM each worker once, let sessions and delivery
@@ -14,58 +15,42 @@ delivery command it leaves behind, and leave only when no child is left.
 from __future__ import annotations
 
 import gc
-import mmap
 import os
 import select
 import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
-from msmtpd.base.config import Config, ConfigError, is_number
-from msmtpd.base.logger import ERROR, INFO, log
+from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.logger import log
 from msmtpd.net.listeners import describe, warn_if_open
+from msmtpd.server.child_table import RUNNER, Child, ChildTable
+from msmtpd.server.pool import Halt, WorkerPool
 from msmtpd.server.reload import reload_settings
-from msmtpd.server.runner_supervisor import RunnerKeeper
+from msmtpd.server.runner_supervisor import RunnerSupervisor
 from msmtpd.server.service import Service, prepare
-from msmtpd.server.worker import BUSY, IDLE, Worker, _title
 from msmtpd.system import privileges
 from msmtpd.system.pidfile import PidFile
-from msmtpd.system.processes import EXIT_BOOT_ERROR, become_subreaper, children, fork_child, is_zombie, kill
+from msmtpd.system.processes import become_subreaper, is_zombie, kernel_children, kill, reaped
+from msmtpd.system.proctitle import set_title
+from msmtpd.system.signal_inbox import SignalInbox
+from msmtpd.system.supervision import STOP_MARGIN_SECONDS
 from msmtpd.system.systemd import Status
 
-# A worker that dies sooner than this after its start counts as a boot failure ...
-BOOT_GRACE_SECONDS = 1.0
-# ... and its replacement waits 0.1 s, 0.2 s, 0.4 s ... up to this long.
-MAX_RESPAWN_DELAY = 10.0
 # How long the workers may take to report that they are up.
 BOOT_TIMEOUT = 30.0
 # Time granted after SIGKILL for the kernel to let the workers go.
 KILL_WAIT = 5.0
-# After the grace time, how long workers get to end their own delivery
-# commands (and log it) before they are killed.
-STOP_MARGIN = 2.0
-# Idle workers beyond --spare-workers leave after this long (like Apache's
-# MaxSpareServers, but after a minute rather than at once).  The variable is
-# for the test suite.
-SURPLUS_IDLE_SECONDS = float(os.environ.get("MSMTPD_SURPLUS_IDLE_SECONDS", "60"))
 
-WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
-SIGNAL_NAMES: Dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup",
-                signal.SIGCHLD: "chld"}
-SIGNAL_NAMES[signal.SIGUSR1] = "usr1"  # --queue: retry the queued mails now
-
-
-class Halt(Exception):
-    """The master must stop; ``str()`` is the reason and ``code`` the exit status."""
-
-    def __init__(self, reason: str, code: int = EXIT_BOOT_ERROR) -> None:
-        super().__init__(reason)
-        self.code = code
+# SIGUSR1 (--queue): retry the queued mails now.
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
 
 class Master:
+    """The supervisor: its loop, its signals, its children's ends, the stop."""
+
     def __init__(self, service: Service, sockets: List[socket.socket],
                  pidfile: Optional[PidFile], ready_fd: Optional[int] = None) -> None:
         self.service = service
@@ -73,29 +58,13 @@ class Master:
         self.sockets = sockets
         self.pidfile = pidfile
         self.ready_fd = ready_fd
-        self.workers: Dict[int, float] = {}  # pid -> start time
-        self.slots: Dict[int, int] = {}  # pid -> its byte in the scoreboard
-        # One byte per worker, shared with all of them: busy or idle.
-        self.scoreboard = mmap.mmap(-1, self.config.max_sessions)
-        self.signal_queue: List[int] = []
-        self.fast_deaths = 0
-        self.next_spawn = 0.0
+        self.children = ChildTable()  # the workers and the queue runner
+        self.pool = WorkerPool(service, sockets, self.children)
+        self.inbox: SignalInbox  # made in run(), with the handlers
         self.stopping = False
-        self.status_r, self.status_w = os.pipe()
-        os.set_blocking(self.status_r, False)
-        # A worker never waits on a full pipe (a master busy stopping): a
-        # lost "busy" report costs nothing, the next loop looks anyway.
-        os.set_blocking(self.status_w, False)
-        self.wake_r, self.wake_w = os.pipe()
-        for fd in (self.wake_r, self.wake_w):
-            os.set_blocking(fd, False)
-        self.status_buffer = b""
-        self.booted: set[int] = set()
-        self.renewing: set[int] = set()  # workers told to leave after their session
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
-        self.surplus_since: Optional[float] = None
-        self.runner = RunnerKeeper(self.config, service.command)  # --queue
+        self.runner = RunnerSupervisor(self.config, service.command, self.children)  # --queue
 
     # -- life cycle -------------------------------------------------------
 
@@ -104,7 +73,7 @@ class Master:
         become_subreaper()
         if self.pidfile is not None:
             self.pidfile.write(os.getpid())
-        _title(f"master {describe(self.sockets)}")
+        set_title(f"master {describe(self.sockets)}")
         try:
             gc.collect()
             gc.freeze()  # keep the pages the workers inherit shared
@@ -114,7 +83,7 @@ class Master:
             self._notify_ready("ready")
             self.status.ready()
             log.info("listening on %s with %d workers ready, up to %d", describe(self.sockets),
-                     self._wanted(), self.config.max_sessions)
+                     self.pool.wanted(), self.config.max_sessions)
             warn_if_open(self.config, self.sockets)
             self.last_busy = time.monotonic()
             while True:
@@ -133,23 +102,21 @@ class Master:
                 self.pidfile.remove()
 
     def _loop_once(self) -> None:
-        if self.signal_queue:
-            signum = self.signal_queue.pop(0)
-            getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+        if self.inbox.dispatch(at_most=1):
             return
         self._sleep(1.0)
-        self._read_status()
+        self.pool.read_status()
         self.reap()
         self._spawn_missing()
         self._keep_runner()
-        self._let_surplus_go()
+        self.pool.let_surplus_go()
         self._watch_sessions()
 
     def _watch_sessions(self) -> None:
         """Report the sessions in use; with --idle-exit, leave once none ran
         for that long (the socket stays with systemd or inetd, which start
         msmtpd again for the next client)."""
-        busy = self.scoreboard[:].count(BUSY)
+        busy = self.pool.busy()
         self.status.sessions(busy)
         now = time.monotonic()
         if busy or select.select(self.sockets, [], [], 0)[0]:
@@ -162,31 +129,21 @@ class Master:
             raise Halt("", 0)
 
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self.wake_w)
-        for signum in SIGNAL_NAMES:
-            signal.signal(signum, self._queue_signal)
+        self.inbox = SignalInbox(self, MASTER_SIGNALS)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # meant for workers: it renews them
-
-    def _queue_signal(self, signum: int, frame: object) -> None:
-        # Only record the signal; the main loop does the work.
-        if len(self.signal_queue) < 10:
-            self.signal_queue.append(signum)
 
     def _sleep(self, seconds: float) -> None:
         try:
             # While stopping, late status reports are of no interest: watching
             # that pipe without reading it would spin.
-            watch = [self.wake_r] if self.stopping else [self.wake_r, self.status_r]
+            wake_fd = self.inbox.wake_fd
+            watch = [wake_fd] if self.stopping else [wake_fd, self.pool.status_r]
             ready, _, _ = select.select(watch, [], [], seconds)
         except InterruptedError:
             return
-        if self.wake_r in ready:
-            try:
-                while os.read(self.wake_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
+        if wake_fd in ready:
+            self.inbox.drain()
 
     # -- signals ----------------------------------------------------------
 
@@ -203,20 +160,11 @@ class Master:
             _hand_log_to_user(self.config, self.service.log_handler)
         except ConfigError as exc:
             log.error("%s", exc)
-        for pid in list(self.workers):
-            kill(pid, signal.SIGHUP)
+        self.pool.signal(signal.SIGHUP)
         self.runner.signal(signal.SIGHUP)
         if reload_settings(self.config, self.service.settings):
-            self._renew_workers()
+            self.pool.renew()
         self.status.reloaded()
-
-    def _renew_workers(self) -> None:
-        """New workers get what SIGHUP re-read; each old one leaves when its
-        session is over."""
-        log.info("renewing the workers")
-        for pid in list(self.workers):
-            self.renewing.add(pid)
-            kill(pid, signal.SIGUSR2)
 
     def handle_term(self) -> None:
         self.status.stopping()
@@ -229,49 +177,22 @@ class Master:
     # -- workers ----------------------------------------------------------
 
     def reap(self) -> None:
+        """Take note of every child that ended (the loop replaces them)."""
         if not self.stopping:
-            self._read_status()  # know which of the dead had reported ready
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.runner.pid:
-                self.runner.ended(status, self.stopping)
-                if not self.stopping:
-                    self._end_orphaned_commands("its queue runner died")
-                continue
-            started = self.workers.pop(pid, None)
-            if started is None:
+            self.pool.read_status()  # know which of the dead had reported ready
+        for pid, status in reaped():
+            child = self.children.pop(pid)
+            if child is None:
                 continue  # an orphan we adopted as subreaper, now reaped
-            self.scoreboard[self.slots.pop(pid)] = IDLE
-            was_up = pid in self.booted
-            self.booted.discard(pid)
-            if self.stopping:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            if code == 0 and pid in self.renewing:
-                self.renewing.discard(pid)
-                continue  # replaced by one with the new certificate
-            self.renewing.discard(pid)
-            if code == EXIT_BOOT_ERROR:
-                self._read_status()
-                raise Halt(f"worker {pid} could not start")
-            how = f"exit status {code}" if code >= 0 else f"signal {-code}"
-            # Status 0 is a worker stopped from outside (SIGTERM sent to the
-            # whole group), not a crash; it is replaced all the same.
-            log.log(INFO if code == 0 else ERROR,
-                    "worker %d ended (%s); replacing it", pid, how)
-            self._end_orphaned_commands()
-            if not was_up or time.monotonic() - started < BOOT_GRACE_SECONDS and code > 0:
-                # It died starting up: replace it, but not in a tight loop.
-                self.fast_deaths += 1
-                delay = min(0.1 * 2 ** (self.fast_deaths - 1), MAX_RESPAWN_DELAY)
-                self.next_spawn = time.monotonic() + delay
-            else:
-                self.fast_deaths = 0
+            if child.kind == RUNNER:
+                self._runner_ended(child, status)
+            elif self.pool.ended(child, status, self.stopping):
+                self._end_orphaned_commands()
+
+    def _runner_ended(self, child: Child, status: int) -> None:
+        if not self.stopping:
+            self.runner.ended(child, status)
+            self._end_orphaned_commands("its queue runner died")
 
     def _end_orphaned_commands(self, why: str = "its worker died before answering") -> int:
         """A delivery command whose worker died is now our child (we are its
@@ -281,8 +202,8 @@ class Master:
         background by finished commands, are only reaped.  Returns how
         many commands were killed (and are still to be reaped)."""
         killed = 0
-        for pid in children():
-            if pid in self.workers or pid == self.runner.pid or is_zombie(pid):
+        for pid in kernel_children():
+            if pid in self.children or is_zombie(pid):
                 continue  # a command that already finished is merely reaped
             try:
                 if os.getpgid(pid) != pid:
@@ -294,77 +215,18 @@ class Master:
             log.error("ended delivery command %d: %s", pid, why)
         return killed
 
-    def _wanted(self) -> int:
-        """Workers for the sessions running plus --spare-workers idle ones,
-        at most --max-sessions: the pool grows the moment spares are taken
-        (a worker reports "busy" on the status pipe, which wakes us)."""
-        busy = self.scoreboard[:].count(BUSY)
-        return min(self.config.max_sessions, busy + self.config.spare_workers)
-
     def _spawn_missing(self) -> None:
-        if self.stopping or time.monotonic() < self.next_spawn:
-            return
-        while len(self.workers) < self._wanted():
-            self._spawn()
-
-    def _let_surplus_go(self) -> None:
-        """Idle workers beyond the spares, for SURPLUS_IDLE_SECONDS, leave
-        (SIGUSR2: a worker that has just taken a session finishes it first)."""
-        idle = [pid for pid, slot in self.slots.items()
-                if self.scoreboard[slot] == IDLE and pid in self.booted and pid not in self.renewing]
-        surplus = len(idle) - self.config.spare_workers
-        if surplus <= 0:
-            self.surplus_since = None
-            return
-        now = time.monotonic()
-        if self.surplus_since is None:
-            self.surplus_since = now
-        elif now - self.surplus_since >= SURPLUS_IDLE_SECONDS:
-            for pid in idle[:surplus]:
-                self.renewing.add(pid)
-                kill(pid, signal.SIGUSR2)
-            self.surplus_since = None
-
-    def _spawn(self) -> None:
-        slot = min(set(range(self.config.max_sessions)) - set(self.slots.values()))
-        self.scoreboard[slot] = IDLE
-        worker = Worker(self.service, self.sockets, os.getpid(), self.status_w,
-                        self.config.user, self.scoreboard, slot)
-        pid = fork_child(WORKER_SIGNALS, [self.wake_r, self.wake_w, self.status_r,
-                                          *self._private_fds()], worker.run)
-        self.workers[pid] = time.monotonic()
-        self.slots[pid] = slot
-
-    def _read_status(self) -> None:
-        """Workers report ``ready PID`` or ``error PID why`` on the status pipe."""
-        try:
-            while True:
-                chunk = os.read(self.status_r, 4096)
-                if not chunk:
-                    break
-                self.status_buffer += chunk
-        except BlockingIOError:
-            pass
-        while b"\n" in self.status_buffer:
-            line, self.status_buffer = self.status_buffer.split(b"\n", 1)
-            kind, _, rest = line.decode("utf-8", "replace").partition(" ")
-            pid_text, _, why = rest.partition(" ")
-            if kind == "error":
-                raise Halt(why or f"worker {pid_text} could not start")
-            if kind == "ready" and is_number(pid_text):
-                self.booted.add(int(pid_text))
-            # "busy PID" needs nothing more: it woke the loop, which grows the pool.
+        if not self.stopping:
+            self.pool.spawn_missing(lambda: [*self.inbox.fds(), *self._private_fds()])
 
     def _wait_for_boot(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while len(self.booted) < self._wanted():
+        while self.children.booted_workers() < self.pool.wanted():
             if time.monotonic() > deadline:
                 raise Halt("workers did not start in time")
             self._sleep(0.05)
-            self._read_status()
-            if self.signal_queue:
-                signum = self.signal_queue.pop(0)
-                getattr(self, f"handle_{SIGNAL_NAMES[signum]}")()
+            self.pool.read_status()
+            self.inbox.dispatch(at_most=1)
             self.reap()  # a worker killed while it boots is replaced, not waited for
             self._spawn_missing()
 
@@ -375,17 +237,16 @@ class Master:
         self.stopping = True
         for sock in self.sockets:
             sock.close()
-        for pid in list(self.workers):
-            kill(pid, signal.SIGTERM)
+        self.pool.signal(signal.SIGTERM)
         self.runner.signal(signal.SIGTERM)
-        grace = self.config.timeout + STOP_MARGIN if graceful else 1.0
+        grace = self.config.timeout + STOP_MARGIN_SECONDS if graceful else 1.0
         deadline = time.monotonic() + grace
-        while (self.workers or self.runner.pid) and time.monotonic() < deadline:
+        while self.children and time.monotonic() < deadline:
             self._sleep(0.05)
             self.reap()
-        for pid in list(self.workers):
-            log.error("worker %d did not stop in time; killing it", pid)
-            kill(pid, signal.SIGKILL)
+        for child in self.children.workers():
+            log.error("worker %d did not stop in time; killing it", child.pid)
+            kill(child.pid, signal.SIGKILL)
         if self.runner.pid is not None:
             log.error("queue runner %d did not stop in time; killing it", self.runner.pid)
             self.runner.signal(signal.SIGKILL)
@@ -393,7 +254,7 @@ class Master:
         while time.monotonic() < deadline:
             self.reap()
             left = self._end_orphaned_commands("msmtpd is stopping and its worker is gone")
-            if not self.workers and not self.runner.pid and not left:
+            if not self.children and not left:
                 break
             self._sleep(0.05)
 
@@ -408,7 +269,7 @@ class Master:
     def _keep_runner(self) -> None:
         if not self.stopping:
             self.runner.keep_alive(lambda: [
-                self.wake_r, self.wake_w, self.status_r, self.status_w,
+                *self.inbox.fds(), self.pool.status_r, self.pool.status_w,
                 *(sock.fileno() for sock in self.sockets), *self._private_fds()])
 
     def _private_fds(self) -> List[int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import socketserver
 import time
@@ -31,19 +30,14 @@ from msmtpd.net.connection import (
 from msmtpd.server.service import LATE_MODULES, Service
 from msmtpd.smtp.session import Session
 from msmtpd.system import privileges
-from msmtpd.system.processes import EXIT_BOOT_ERROR  # the master halts on it
+from msmtpd.system.processes import EXIT_BOOT_ERROR, PARENT_CHECK_SECONDS, master_gone
+from msmtpd.system.proctitle import set_title
 from msmtpd.system.signal_inbox import RecordedSignals
 
-# How often an idle worker checks that its master is still alive.
-PARENT_CHECK_SECONDS = 1.0
 # Byte values in the scoreboard the master shares with its workers.
 IDLE, BUSY = 0, 1
-
-
-def _title(text: str) -> None:
-    from msmtpd.system.proctitle import set_title
-
-    set_title(text)
+# The title of a worker waiting for a session.
+IDLE_TITLE = "worker idle"
 
 
 class _ListenerWatch:
@@ -146,22 +140,16 @@ class Worker:
         os._exit(0)
 
     def _boot(self) -> None:
+        """After processes.fork_child's set-up: the signals, then --user."""
         self.signals = RecordedSignals(retire=True)  # SIGTERM, SIGHUP, SIGUSR2
+        self.signals.inbox.unblock()
         self.wake_fd = self.signals.wake_fd
-        # The master's dispositions must not leak in; SIGCHLD above all, or
-        # the delivery command's exit status would be lost.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                                                    signal.SIGUSR2})
         if self.user is not None:
             privileges.drop(self.user, LATE_MODULES)
-        _title("worker idle")
 
     def handle_signals(self) -> None:
         """Act on what the signal handlers recorded, and on the master's death."""
-        if self.signals.handle() or os.getppid() != self.master_pid:
+        if self.signals.handle() or master_gone(self.master_pid):
             self.stop()
         elif self.signals.retire_requested and self.session is None:
             self.stop()  # idle: leave now; a running session first ends as usual
@@ -180,7 +168,7 @@ class Worker:
 
     def serve_session(self, connection: socket.socket) -> None:
         peer = peer_name(connection)
-        _title(f"session {peer}")
+        set_title(f"session {peer}")
         self._mark(BUSY)
         self._report(f"busy {os.getpid()}")  # wakes the master: the pool may need a spare
         try:
@@ -194,7 +182,7 @@ class Worker:
         finally:
             self.session = None
             self._mark(IDLE)
-            _title("worker idle")
+            set_title(IDLE_TITLE)
             if self.signals.retire_requested:
                 self.stop()
 

@@ -1,39 +1,73 @@
 """The master's dealings with its child processes at the system level:
-forking one safely, signalling, and the adopted orphans it must find."""
+forking one safely (the one set-up every child gets), reaping, signalling,
+the adopted orphans it must find, and a child's check on its master."""
 
 from __future__ import annotations
 
 import errno
 import os
 import signal
-from typing import Callable, Iterable, List, Set
+from typing import Callable, Iterable, Iterator, List, Set, Tuple
 
 # Exit status of a child that could not start; the master halts on a worker's.
 EXIT_BOOT_ERROR = 3
 PR_SET_CHILD_SUBREAPER = 36
+# How often a child (worker, queue runner) checks that its master is alive.
+PARENT_CHECK_SECONDS = 1.0
 
 
-def fork_child(blocked: Set[signal.Signals], close: Iterable[int], run: Callable[[], None]) -> int:
+def fork_child(blocked: Set[signal.Signals], close: Iterable[int], title: str,
+               run: Callable[[], None]) -> int:
     """Fork a child that runs ``run`` and never returns into our code.
 
     Until the child has its own handlers, a signal sent to it would land in
-    its copy of the master's queue and be lost: ``blocked`` stay blocked
-    across the fork, and the child unblocks them once it is ready.  The
-    child closes the master's descriptors in ``close`` and always leaves
-    through ``os._exit``."""
+    its copy of the master's inbox and be lost: ``blocked`` stay blocked
+    across the fork, and the child unblocks them once it is ready (its
+    SignalInbox.unblock).  The child leaves through ``os._exit``."""
     signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     pid = os.fork()
     if pid:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
         return pid
     try:
-        signal.set_wakeup_fd(-1)
-        for fd in close:
-            os.close(fd)
+        _settle_child(close, title)
         run()
     finally:
         os._exit(EXIT_BOOT_ERROR)
     raise AssertionError("unreachable")  # for the type checker
+
+
+def _settle_child(close: Iterable[int], title: str) -> None:
+    """Shed what a child inherits from the master: its wake-up fd, its
+    signal dispositions (SIGCHLD above all, or a delivery command's exit
+    status would be lost) and the descriptors in ``close``."""
+    from msmtpd.system.proctitle import set_title
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for fd in close:
+        os.close(fd)
+    set_title(title)
+
+
+def master_gone(master_pid: int) -> bool:
+    """For a child: its master died (it was adopted by another process)."""
+    return os.getppid() != master_pid
+
+
+def reaped() -> Iterator[Tuple[int, int]]:
+    """``(pid, wait status)`` of each child that has ended, without waiting."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def become_subreaper() -> None:
@@ -47,7 +81,8 @@ def become_subreaper() -> None:
         pass
 
 
-def children() -> List[int]:
+def kernel_children() -> List[int]:
+    """Our children as the kernel lists them: adopted orphans too."""
     pid = os.getpid()
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as listing:

@@ -18,6 +18,7 @@ import stat
 import time
 from typing import Dict, List, Optional
 
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 from msmtpd.base.logger import log
 from msmtpd.delivery.pipe_command import PipeCommand
 from msmtpd.delivery.queue_attempts import (  # noqa: F401 (the back-off, as before the split)
@@ -45,7 +46,6 @@ PARENT_CHECK_SECONDS = 1.0
 # After the grace time: how long killed commands' attempts get to be recorded
 # (the master's STOP_MARGIN is the same).
 KILL_MARGIN_SECONDS = 2.0
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class Runner:
@@ -255,7 +255,7 @@ def _drain(fd: int) -> bytes:
 def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: float,
                workers: int, grace: float, user: Optional[str], master_pid: int) -> None:
     """The forked runner's whole life; never returns."""
-    code = EXIT_FAILED
+    code = EXIT_FAILURE
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # or the command's exit status is lost
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the master, which stops us
@@ -280,5 +280,5 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         try:
             log.error("queue runner failed: %s", exc)
         finally:
-            os._exit(EXIT_FAILED)
+            os._exit(EXIT_FAILURE)
     os._exit(code)

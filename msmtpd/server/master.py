@@ -24,6 +24,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from msmtpd.base.config import Config, ConfigError, is_number
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.net.listeners import describe, warn_if_open
 from msmtpd.server.reload import reload_settings
@@ -32,7 +33,7 @@ from msmtpd.server.service import Service, prepare
 from msmtpd.server.worker import BUSY, IDLE, Worker, _title
 from msmtpd.system import privileges
 from msmtpd.system.pidfile import PidFile
-from msmtpd.system.processes import EXIT_BOOT_ERROR, become_subreaper, children, fork_child, is_zombie, kill
+from msmtpd.system.processes import become_subreaper, children, fork_child, is_zombie, kill
 from msmtpd.system.systemd import Status
 
 # A worker that dies sooner than this after its start counts as a boot failure ...
@@ -60,7 +61,7 @@ SIGNAL_NAMES[signal.SIGUSR1] = "usr1"  # --queue: retry the queued mails now
 class Halt(Exception):
     """The master must stop; ``str()`` is the reason and ``code`` the exit status."""
 
-    def __init__(self, reason: str, code: int = EXIT_BOOT_ERROR) -> None:
+    def __init__(self, reason: str, code: int = EXIT_NOT_RUNNING) -> None:
         super().__init__(reason)
         self.code = code
 
@@ -256,7 +257,7 @@ class Master:
                 self.renewing.discard(pid)
                 continue  # replaced by one with the new certificate
             self.renewing.discard(pid)
-            if code == EXIT_BOOT_ERROR:
+            if code == EXIT_NOT_RUNNING:  # a worker that could not start
                 self._read_status()
                 raise Halt(f"worker {pid} could not start")
             how = f"exit status {code}" if code >= 0 else f"signal {-code}"

@@ -19,6 +19,7 @@ import socketserver
 import time
 from typing import Any, List, Optional
 
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK
 from msmtpd.base.logger import log
 from msmtpd.net.connection import (
     OVERLOAD_IDLE_SECONDS,
@@ -31,7 +32,6 @@ from msmtpd.net.connection import (
 from msmtpd.server.service import LATE_MODULES, Service
 from msmtpd.smtp.session import Session
 from msmtpd.system import privileges
-from msmtpd.system.processes import EXIT_BOOT_ERROR  # the master halts on it
 from msmtpd.system.signal_inbox import RecordedSignals
 
 # How often an idle worker checks that its master is still alive.
@@ -137,13 +137,13 @@ class Worker:
             self._boot()
         except Exception as exc:  # report why, then let the master halt
             self._report(f"error {os.getpid()} {exc}")
-            os._exit(EXIT_BOOT_ERROR)
+            os._exit(EXIT_NOT_RUNNING)  # the master halts on it
         self._report(f"ready {os.getpid()}")
         try:
             self._serve()
         except BaseException:
-            os._exit(1)
-        os._exit(0)
+            os._exit(EXIT_FAILURE)
+        os._exit(EXIT_OK)
 
     def _boot(self) -> None:
         self.signals = RecordedSignals(retire=True)  # SIGTERM, SIGHUP, SIGUSR2

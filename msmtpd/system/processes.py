@@ -8,8 +8,8 @@ import os
 import signal
 from typing import Callable, Iterable, List, Set
 
-# Exit status of a child that could not start; the master halts on a worker's.
-EXIT_BOOT_ERROR = 3
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -32,7 +32,7 @@ def fork_child(blocked: Set[signal.Signals], close: Iterable[int], run: Callable
             os.close(fd)
         run()
     finally:
-        os._exit(EXIT_BOOT_ERROR)
+        os._exit(EXIT_NOT_RUNNING)  # could not start: the master halts on a worker's
     raise AssertionError("unreachable")  # for the type checker
 
 

@@ -11,8 +11,8 @@ from typing import List
 import bcrypt
 import pytest
 
-from msmtpd.base.config import ConfigError
-from msmtpd.policy.allow_list import AllowList, parse_network
+from msmtpd.base.config import ConfigError, parse_network
+from msmtpd.policy.allow_list import AllowList
 from msmtpd.policy.passwords import FailureClock
 from msmtpd.policy.users_file import Accounts, load_accounts, parse_line
 from msmtpd.smtp.session import Settings

@@ -10,7 +10,8 @@ import pytest
 
 from msmtpd import __version__
 from msmtpd.base.config import Config, ConfigError
-from msmtpd.commands.cli import EXIT_NOT_RUNNING, HELP_TEXT, UsageError, main, parse_args
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
+from msmtpd.commands.cli import HELP_TEXT, UsageError, main, parse_args
 from tests.helpers import program
 
 # (option, value, Config attribute, expected attribute value)

@@ -93,20 +93,24 @@ def test_every_guide_is_linked_from_the_readme() -> None:
 
 
 def test_the_manual_and_the_docs_document_every_option() -> None:
-    """Each option the parser knows has an entry in msmtpd.1 (the complete
-    reference) and is named in the README or a guide; the manual has no
-    entry for an option the parser does not know."""
-    from msmtpd.commands import cli
+    """Each option of the option table has an entry in msmtpd.1 (the
+    complete reference) and is named in the README or a guide; the manual
+    has no entry for an option the table does not hold."""
+    from msmtpd.base.options import OPTIONS
 
+    names = {option.name for option in OPTIONS}
     page = (ROOT / "msmtpd.1").read_text()
     docs = "\n".join(path.read_text() for path in markdown_files())
-    for option in cli.OPTIONS:
-        roff = option.replace("-", "\\-")
-        assert f"\n.TP\n.B {roff}\n" in page or f"\n.TP\n.BI {roff}=" in page \
-            or f"\n.TP\n.BR {roff}=" in page, option
-        assert f"`{option}" in docs, option
+    for option in OPTIONS:
+        roff = option.name.replace("-", "\\-")
+        if option.value is None:  # a flag
+            assert f"\n.TP\n.B {roff}\n" in page, option.name
+        else:  # the manual names the value as --help does: --port=NUMBER
+            word = re.match(r"[A-Z]*", option.value).group()
+            assert f"\n.TP\n.BI {roff}= {word}" in page or f"\n.TP\n.BR {roff}=" in page, option.name
+        assert f"`{option.name}" in docs, option.name
     in_manual = {entry.replace("\\-", "-") for entry in MANUAL_ENTRY.findall(page)}
-    assert in_manual == set(cli.OPTIONS)
+    assert in_manual == names
 
 
 def test_the_module_map_names_every_module() -> None:

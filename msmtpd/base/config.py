@@ -1,4 +1,7 @@
-"""The validated configuration, built once from the command line.
+"""The validated configuration, built once from the command line: the
+defaults and bounds of option values, their checks, and ``Config``.  Which
+option fills which setting is the option table's to say
+(:mod:`msmtpd.base.options`).
 
 Only the standard library's lightest modules are imported here: the
 command line is parsed and the sockets bound before anything slow loads.
@@ -8,7 +11,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
 if TYPE_CHECKING:
-    from typing import Any, List, Optional
+    from ipaddress import IPv4Network, IPv6Network
+    from typing import List, Optional, Union
+
+    Network = Union[IPv4Network, IPv6Network]
 
 
 DEFAULT_COMMAND = "msmtp -f %F --"
@@ -40,43 +46,49 @@ class ConfigError(ValueError):
 
 
 class Config:
-    """Every setting, with the defaults of ``msmtpd --help``.  A plain class:
+    """Every setting.  Each is an option's, and its default is the one the
+    option table gives (:mod:`msmtpd.base.options`, also what ``--help``
+    says); the declarations below only give mypy the types.  A plain class:
     ``dataclasses`` would import ``inspect``, too slow for ``--inetd``."""
 
-    def __init__(self, inetd: bool = False, daemon: bool = False, pidfile: Optional[str] = None,
-                 user: Optional[str] = None) -> None:
-        self.inetd = inetd
-        self.interfaces: List[str] = [DEFAULT_INTERFACE]
-        self.port = DEFAULT_PORT
-        self.log = "none"
-        self.command = DEFAULT_COMMAND
-        self.auth_user: Optional[str] = None
-        self.auth_passwordeval: Optional[str] = None
-        self.timeout = DEFAULT_TIMEOUT
-        self.command_timeout = DEFAULT_COMMAND_TIMEOUT
-        self.max_size = 0
-        self.max_sessions = DEFAULT_MAX_SESSIONS
-        self.daemon = daemon
-        self.pidfile = pidfile
-        self.user = user
-        self.spool_dir: Optional[str] = None
-        self.shell_safe_addresses = False
-        self.tls_cert: Optional[str] = None
-        self.tls_key: Optional[str] = None
-        self.tls_implicit = False
-        self.tls_required = False
-        self.idle_exit: Optional[float] = None
-        self.spare_workers = DEFAULT_SPARE_WORKERS
-        self.auth_file: Optional[str] = None
-        self.senders: Optional[str] = None  # --senders, an absolute path
-        self.allow: List[Any] = []  # ipaddress networks, from msmtpd.policy.allow_list.parse_network
-        self.check = False
-        # --queue (store and forward) and its companions
-        self.queue: Optional[str] = None
-        self.queue_workers = DEFAULT_QUEUE_WORKERS
-        self.queue_lifetime = DEFAULT_QUEUE_LIFETIME
-        self.queue_list = False
-        self.queue_flush = False
+    inetd: bool
+    interfaces: List[str]
+    port: int
+    log: str  # "none", "syslog", "-" or an absolute path
+    command: str
+    auth_user: Optional[str]
+    auth_passwordeval: Optional[str]
+    timeout: float
+    command_timeout: float
+    max_size: int
+    max_sessions: int
+    spare_workers: int
+    spool_dir: Optional[str]
+    daemon: bool
+    pidfile: Optional[str]
+    user: Optional[str]
+    shell_safe_addresses: bool
+    tls_cert: Optional[str]
+    tls_key: Optional[str]
+    tls_implicit: bool
+    tls_required: bool
+    idle_exit: Optional[float]
+    auth_file: Optional[str]
+    senders: Optional[str]  # an absolute path
+    allow: List[Network]
+    check: bool
+    queue: Optional[str]  # --queue (store and forward) and its companions
+    queue_workers: int
+    queue_lifetime: float
+    queue_list: bool
+    queue_flush: bool
+
+    def __init__(self) -> None:
+        # Imported here: the table checks values with this module's parsers.
+        from msmtpd.base.options import OPTIONS
+
+        for option in OPTIONS:
+            option.set_default(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and vars(self) == vars(other)
@@ -136,6 +148,17 @@ def parse_auth(text: str) -> tuple[str, Optional[str]]:
     if comma and not passwordeval.strip():
         raise ConfigError("invalid --auth: the passwordeval command after ',' is empty")
     return user, (passwordeval if comma else None)
+
+
+def parse_network(text: str) -> Network:
+    """``10.0.0.0/8``, ``2001:db8::/32``, or a plain address (a /32 or /128)."""
+    import ipaddress  # a few ms: only when --allow is given
+
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"invalid --allow '{text[:60]}': expected an IPv4 or IPv6 address"
+                          " or network (10.0.0.0/8, fd00::/8)") from None
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 24 * 3600}

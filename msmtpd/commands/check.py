@@ -15,12 +15,11 @@ import sys
 from typing import Any, List, Optional
 
 from msmtpd.base.config import Config
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 
 # The whole check (connect, greeting, EHLO, QUIT) ends within this long,
 # or --timeout when that is shorter.
 CHECK_SECONDS = 5.0
-EXIT_HEALTHY = 0
-EXIT_UNHEALTHY = 1
 # Where to connect when the server listens on every address.
 LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -104,10 +103,10 @@ def run_check(config: Config) -> int:
     seen = "; ".join(probe.seen)
     if problem is None:
         print(f"msmtpd: {where} is healthy: {seen}", flush=True)
-        return EXIT_HEALTHY
+        return EXIT_OK
     detail = f" (saw {seen})" if seen else ""
     print(f"msmtpd: {where} is not healthy: {problem}{detail}", file=sys.stderr, flush=True)
-    return EXIT_UNHEALTHY
+    return EXIT_FAILURE
 
 
 def _describe(exc: OSError, step: str) -> str:

@@ -9,39 +9,17 @@ wait is imported.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from msmtpd import __version__
-from msmtpd.base.config import (
-    DEFAULT_COMMAND,
-    DEFAULT_COMMAND_TIMEOUT,
-    DEFAULT_INTERFACE,
-    DEFAULT_MAX_SESSIONS,
-    DEFAULT_PORT,
-    DEFAULT_QUEUE_WORKERS,
-    DEFAULT_SPARE_WORKERS,
-    DEFAULT_TIMEOUT,
-    MAX_QUEUE_WORKERS,
-    MAX_SESSIONS,
-    MAX_SIZE,
-    Config,
-    ConfigError,
-    parse_auth,
-    parse_count,
-    parse_directory,
-    parse_duration,
-    parse_interface,
-    parse_port,
-    parse_seconds,
-)
+from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_TEMPFAIL
+from msmtpd.base.options import OPTIONS, Option
 
 TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
-
-EXIT_OK = 0
-EXIT_SESSION_FAILED = 1
-EXIT_NOT_RUNNING = 3  # LSB: program is not running
+    from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 VERSION_TEXT = f"""msmtpd version {__version__}
 License GPL-3.0-or-later <https://www.gnu.org/licenses/gpl.html>.
@@ -49,118 +27,77 @@ This is free software: you are free to change and redistribute it.
 There is NO WARRANTY, to the extent permitted by law.
 """
 
-HELP_TEXT = f"""Usage: msmtpd [option...]
-A minimal local SMTP server that pipes each mail to a command.
-Options:
-  --version              print version and licence
-  --help                 print this help
-  --inetd                serve one SMTP session on stdin/stdout
-  --interface=IP         listen on IP (IPv4 or IPv6; repeatable)
-                         (default {DEFAULT_INTERFACE})
-  --port=NUMBER          listen on port NUMBER (default {DEFAULT_PORT})
-  --log=none|syslog|FILE|-
-                         no logging (default), syslog (facility mail),
-                         append to FILE, or - for standard error
-  --command=CMD          pipe mails to CMD; the first %F becomes the envelope
-                         sender, recipients are appended
-                         (default '{DEFAULT_COMMAND}')
-  --auth=USER[,PASSWORDEVAL]
-                         require authentication as USER; the password comes
-                         from PASSWORDEVAL, else the key ring, else a prompt
-  --auth-file=FILE       require authentication as one of the users of FILE
-                         (htpasswd -B format, user:hash)
-  --senders=FILE         with --auth or --auth-file: the senders each user
-                         may give in MAIL FROM, lines
-                         'user: alice@example.org, @example.org'; a user
-                         not in FILE may send as nobody (default: any)
-  --allow=CIDR           only clients from this network may connect, others
-                         get 554 (repeatable; default: every client)
-  --timeout=SECONDS      a command line must arrive, and a reply be read,
-                         within SECONDS; DATA may pause this long and then
-                         must average 500 octets/s; also the grace time of
-                         a stop (default {DEFAULT_TIMEOUT:g})
-  --command-timeout=SECONDS
-                         kill a delivery command running this long
-                         (default {DEFAULT_COMMAND_TIMEOUT:g})
-  --max-size=BYTES       largest message accepted; 0 means no limit (default 0)
-  --max-sessions=N       sessions served at once (default {DEFAULT_MAX_SESSIONS})
-  --spare-workers=N      idle workers kept ready; more are started as they
-                         are taken, up to --max-sessions, and surplus ones
-                         leave after a minute idle (default {DEFAULT_SPARE_WORKERS})
-  --spool-dir=DIR        where messages over 1 MiB are spooled while they
-                         arrive (default $TMPDIR or /tmp)
-  --daemon               detach from the terminal once listening
-  --pidfile=FILE         write and lock FILE holding the master's pid
-                         (default none)
-  --user=USER[:GROUP]    run sessions and the command as USER after binding
-                         (default: stay the starting user)
-  --shell-safe-addresses refuse addresses with characters a shell would
-                         interpret (for commands such as 'ssh relay sendmail')
-  --tls-cert=FILE        offer STARTTLS with this certificate (PEM; may hold
-                         the key too); AUTH from a peer that is not loopback
-                         then needs TLS (default none)
-  --tls-key=FILE         its private key (default: in the certificate file)
-  --tls-implicit         TLS from the first byte (SMTPS, as on port 465)
-  --tls-required         nothing but EHLO, HELO, STARTTLS, NOOP, RSET, HELP
-                         and QUIT before STARTTLS
-  --idle-exit=SECONDS    with sockets from systemd (LISTEN_FDS) or inetd
-                         (wait = yes): exit after this long without a session
-                         (default: never)
-  --queue=DIR            store and forward: answer 250 once a mail is safe
-                         in DIR (created if missing), deliver from there
-                         with --command, retrying temporary failures
-  --queue-workers=N      deliveries from the queue at once
-                         (default {DEFAULT_QUEUE_WORKERS})
-  --queue-lifetime=TIME  give up on a mail queued this long; seconds, or
-                         with s, m, h, d (default 5d)
-  --queue-list           list the queued and failed mails of --queue, exit
-  --queue-flush          try every queued mail now, once (through the daemon
-                         on DIR if one runs); exit 0 if the queue is then
-                         empty, 75 if mails remain
-  --check                connect to the first --interface and --port, send
-                         EHLO and QUIT, exit 0 if all answered 2xx, else 1
-Exit status: 0 success, 1 an --inetd session that did not end with QUIT
-or a failed --check, 3 usage or start-up error; --queue-flush: 75 when
-mails remain queued.
-"""
+# --help: an option's spelling fills this column; a longer one has a line
+# of its own, and the description goes on below it.
+HELP_COLUMN = 22
+
+
+def _help_lines(option: Option) -> Iterator[str]:
+    spelling = option.name if option.value is None else f"{option.name}={option.value}"
+    lines = list(option.help)
+    if len(spelling) > HELP_COLUMN:
+        yield f"  {spelling}"
+    else:
+        yield f"  {spelling:<{HELP_COLUMN}} {lines.pop(0)}"
+    for line in lines:
+        yield f"  {'':<{HELP_COLUMN}} {line}"
+
+
+HELP_TEXT = "".join(line + "\n" for line in (
+    "Usage: msmtpd [option...]",
+    "A minimal local SMTP server that pipes each mail to a command.",
+    "Options:",
+    *(line for option in OPTIONS for line in _help_lines(option)),
+    f"Exit status: {EXIT_OK} success, {EXIT_FAILURE} an --inetd session that did not end with QUIT",
+    f"or a failed --check, {EXIT_NOT_RUNNING} usage or start-up error; --queue-flush: {EXIT_TEMPFAIL} when",
+    "mails remain queued.",
+))
 
 
 class UsageError(Exception):
     pass
 
 
-FLAGS = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
-         "--tls-implicit", "--tls-required", "--check",
-         "--queue-list", "--queue-flush")
-VALUE_OPTIONS = ("--interface", "--port", "--log", "--command", "--auth", "--timeout",
+BY_NAME = {option.name: option for option in OPTIONS}
+# The order in which an ambiguous abbreviation lists what it could mean,
+# kept as it always was (the flags, then the options with a value, in the
+# order they came); an option not named here is listed after these.
+LISTING_ORDER = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-addresses",
+                 "--tls-implicit", "--tls-required", "--check", "--queue-list", "--queue-flush",
+                 "--interface", "--port", "--log", "--command", "--auth", "--timeout",
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
                  "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers",
                  "--auth-file", "--allow", "--queue", "--queue-workers", "--queue-lifetime",
                  "--senders")
-OPTIONS = FLAGS + VALUE_OPTIONS
-# The C msmtpd's options: an abbreviation that fits one of these and only
-# new options besides (``--comm`` for --command, not --command-timeout)
-# keeps the meaning it always had.
-ORIGINAL_OPTIONS = ("--version", "--help", "--inetd", "--interface", "--port", "--log",
-                    "--command", "--auth")
 
 
-def _resolve(name: str) -> str:
-    """The option a name or an unambiguous abbreviation stands for."""
-    if name in OPTIONS:
-        return name
-    matches = [option for option in OPTIONS if option.startswith(name)]
+def _listing_position(option: Option) -> int:
+    name = option.name
+    return LISTING_ORDER.index(name) if name in LISTING_ORDER else len(LISTING_ORDER)
+
+
+def _resolve(name: str) -> Option:
+    """The option a name or an unambiguous abbreviation stands for; an
+    abbreviation that fits one option of the C msmtpd and only new ones
+    besides (``--comm``: --command, not --command-timeout) keeps the meaning
+    it always had."""
+    option = BY_NAME.get(name)
+    if option is not None:
+        return option
+    matches = sorted((option for option in OPTIONS if option.name.startswith(name)),
+                     key=_listing_position)
     if len(matches) == 1:
         return matches[0]
-    original = [option for option in matches if option in ORIGINAL_OPTIONS]
+    original = [option for option in matches if option.original]
     if len(original) == 1:
         return original[0]
     if not matches:
         raise UsageError(f"unrecognized option '{name}'")
-    raise UsageError(f"ambiguous option: {name} could match {', '.join(matches)}")
+    raise UsageError(f"ambiguous option: {name} could match "
+                     f"{', '.join(option.name for option in matches)}")
 
 
-def _options(argv: Sequence[str]) -> Iterator[Tuple[str, str]]:
+def _options(argv: Sequence[str]) -> Iterator[Tuple[Option, str]]:
     """(option, value) pairs, ``--opt=value`` or ``--opt value``; flags get ""."""
     args = iter(argv)
     for arg in args:
@@ -168,15 +105,15 @@ def _options(argv: Sequence[str]) -> Iterator[Tuple[str, str]]:
             raise UsageError(f"unexpected argument '{arg}'")
         name, equals, value = arg.partition("=")
         option = _resolve(name)
-        if option in FLAGS:
+        if option.value is None:
             if equals:
-                raise UsageError(f"option '{option}' takes no value")
+                raise UsageError(f"option '{option.name}' takes no value")
             yield option, ""
             continue
         if not equals:
             value = next(args, "")
         if not value:
-            raise UsageError(f"option '{option}' requires a non-empty value")
+            raise UsageError(f"option '{option.name}' requires a non-empty value")
         yield option, value
 
 
@@ -186,79 +123,25 @@ def _show(text: str) -> NoReturn:
     raise SystemExit(EXIT_OK)
 
 
-def _text(value: str, option: str) -> str:
-    return value
-
-
-# --log values that are not a file name.
-LOG_KEYWORDS = ("none", "syslog", "-")
-
-# How each option's value becomes a Config attribute: (attribute, check).
-# --version, --help, --interface and --allow (repeatable) and --auth (two
-# attributes) are handled in parse_args.
-SETTINGS: Dict[str, Tuple[str, Callable[[str, str], Any]]] = {
-    "--port": ("port", lambda value, option: parse_port(value)),
-    "--log": ("log", lambda value, option: value if value in LOG_KEYWORDS else _absolute(value)),
-    "--command": ("command", _text),
-    "--timeout": ("timeout", parse_seconds),
-    "--command-timeout": ("command_timeout", parse_seconds),
-    "--max-size": ("max_size", lambda value, option: parse_count(value, option, 0, MAX_SIZE)),
-    "--max-sessions": ("max_sessions", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
-    "--pidfile": ("pidfile", _text),
-    "--user": ("user", _text),
-    "--spool-dir": ("spool_dir", parse_directory),
-    "--tls-cert": ("tls_cert", _text),
-    "--tls-key": ("tls_key", _text),
-    "--idle-exit": ("idle_exit", parse_seconds),
-    "--spare-workers": ("spare_workers", lambda value, option: parse_count(value, option, 1, MAX_SESSIONS)),
-    "--auth-file": ("auth_file", _text),
-    "--senders": ("senders", lambda value, option: _absolute(value)),
-    "--queue": ("queue", lambda value, option: _absolute(value)),
-    "--queue-workers": ("queue_workers",
-                        lambda value, option: parse_count(value, option, 1, MAX_QUEUE_WORKERS)),
-    "--queue-lifetime": ("queue_lifetime", parse_duration),
-}
-
-
-# Options whose value is a file or directory: made absolute as they are
-# read, since --daemon changes the working directory to / and SIGHUP
-# re-reads some of them (--tls-cert, --tls-key, --auth-file) from there.
-# --log is one too unless it is a keyword (LOG_KEYWORDS).
-PATH_OPTIONS = frozenset({"--pidfile", "--spool-dir", "--tls-cert", "--tls-key", "--auth-file",
-                          "--queue"})
-
-
-def _absolute(path: str) -> str:
-    import os
-
-    return os.path.abspath(path)  # a daemon changes its working directory
-
-
 def parse_args(argv: Sequence[str]) -> Config:
     """Turn the arguments into a Config; UsageError or ConfigError say why not."""
     config = Config()
-    interfaces: List[str] = []
+    repeated: Dict[Option, List[Any]] = {}
     for option, value in _options(argv):
-        if option == "--version":
+        if option.name == "--version":
             _show(VERSION_TEXT)
-        elif option == "--help":
+        elif option.name == "--help":
             _show(HELP_TEXT)
-        elif option in FLAGS:  # --inetd is config.inetd, --tls-implicit config.tls_implicit ...
-            setattr(config, option[2:].replace("-", "_"), True)
-        elif option == "--interface":
-            interfaces.append(parse_interface(value))
-        elif option == "--auth":
-            config.auth_user, config.auth_passwordeval = parse_auth(value)
-        elif option == "--allow":
-            from msmtpd.policy.allow_list import parse_network
-
-            config.allow.append(parse_network(value))
+        elif option.value is None:  # a flag: --inetd is config.inetd, ...
+            option.store(config, True)
         else:
-            attribute, check = SETTINGS[option]
-            setattr(config, attribute, check(_absolute(value) if option in PATH_OPTIONS else value,
-                                             option))
-    if interfaces:
-        config.interfaces = interfaces
+            setting = option.check(os.path.abspath(value) if option.path else value, option.name)
+            if option.repeatable:
+                repeated.setdefault(option, []).append(setting)
+            else:
+                option.store(config, setting)
+    for option, settings in repeated.items():
+        option.store(config, settings)
     config.spare_workers = min(config.spare_workers, config.max_sessions)
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
@@ -271,11 +154,11 @@ def parse_args(argv: Sequence[str]) -> Config:
     if config.senders is not None and config.auth_user is None and config.auth_file is None:
         raise UsageError("--senders needs --auth or --auth-file")
     if config.tls_cert is None:
-        for option, given in (("--tls-key", config.tls_key is not None),
-                              ("--tls-implicit", config.tls_implicit),
-                              ("--tls-required", config.tls_required)):
+        for name, given in (("--tls-key", config.tls_key is not None),
+                            ("--tls-implicit", config.tls_implicit),
+                            ("--tls-required", config.tls_required)):
             if given:
-                raise UsageError(f"{option} needs --tls-cert")
+                raise UsageError(f"{name} needs --tls-cert")
     _check_queue_options(config)
     return config
 
@@ -294,8 +177,6 @@ def _leave(code: int) -> NoReturn:
     """End an ``--inetd`` session without the interpreter's teardown, a
     few ms of freeing modules per connection: nothing is pending (replies
     go straight to the descriptor, log handlers write every record)."""
-    import os
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -361,4 +242,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ConfigError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
-        return EXIT_SESSION_FAILED
+        return EXIT_FAILURE

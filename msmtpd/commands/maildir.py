@@ -16,8 +16,8 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-EX_USAGE = 64
-EX_TEMPFAIL = 75
+from msmtpd.base.exit_codes import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+
 _counter = 0
 
 
@@ -57,13 +57,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         sys.stderr.write("usage: msmtpd-maildir DIRECTORY [-f SENDER] [--] RECIPIENT...\n")
-        return EX_USAGE
+        return EXIT_USAGE
     directory = args.pop(0)
     sender = None
     if args[:1] == ["-f"]:
         if len(args) < 2:
             sys.stderr.write("msmtpd-maildir: -f needs a sender\n")
-            return EX_USAGE
+            return EXIT_USAGE
         sender = args[1]
         args = args[2:]
     if args[:1] == ["--"]:
@@ -73,9 +73,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         path = store(directory, message, sender, args)
     except OSError as exc:
         sys.stderr.write(f"msmtpd-maildir: cannot store the mail in {directory}: {exc.strerror}\n")
-        return EX_TEMPFAIL
+        return EXIT_TEMPFAIL
     sys.stderr.write(f"msmtpd-maildir: stored {path}\n")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from typing import List
 
 from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.exit_codes import EXIT_OK, EXIT_TEMPFAIL
 from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
 from msmtpd.delivery.queue_directory import (
     FLUSH,
@@ -36,8 +37,6 @@ from msmtpd.delivery.queue_directory import (
 from msmtpd.delivery.queue_envelope import QueuedEnvelope, encode_value, iso_time
 from msmtpd.delivery.queue_store import Queue
 
-EXIT_EMPTY = 0
-EXIT_REMAINING = 75  # EX_TEMPFAIL: mails are still queued
 # The most a flush through the daemon waits, whatever the queue holds.
 MAX_FLUSH_WAIT_SECONDS = 3600.0
 FLUSH_POLL_SECONDS = 0.1
@@ -100,7 +99,7 @@ def list_queue(queue: Queue) -> int:
             lines.append(f"refused: {encode_value(str(exc))}; never read")
     sys.stdout.write("".join(line + "\n" for line in lines) if lines else "Mail queue is empty\n")
     sys.stdout.flush()
-    return 0
+    return EXIT_OK
 
 
 def daemon_runs(queue: Queue) -> bool:
@@ -177,7 +176,7 @@ def _wait_for_daemon(queue: Queue, config: Config, asked: float, waiting: set[st
             if envelope is None or envelope.last_try >= asked:
                 waiting.discard(mail_id)  # delivered, failed, or tried since we asked
         time.sleep(FLUSH_POLL_SECONDS)
-    return EXIT_EMPTY if _remaining(queue) == 0 else EXIT_REMAINING
+    return EXIT_OK if _remaining(queue) == 0 else EXIT_TEMPFAIL
 
 
 def _flush_here(queue: Queue, config: Config) -> int:
@@ -213,4 +212,4 @@ def _flush_here(queue: Queue, config: Config) -> int:
             attempts.wait_all(time.monotonic() + 0.05)
         attempts.start(mail_id, force=True)
     attempts.wait_all(float("inf"))
-    return EXIT_EMPTY if _remaining(queue) == 0 else EXIT_REMAINING
+    return EXIT_OK if _remaining(queue) == 0 else EXIT_TEMPFAIL

@@ -18,6 +18,7 @@ import stat
 import time
 from typing import Dict, Optional
 
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 from msmtpd.base.logger import log
 from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
 from msmtpd.delivery.pipe_command import PipeCommand
@@ -43,7 +44,6 @@ from msmtpd.system.supervision import STOP_MARGIN_SECONDS
 SCAN_SECONDS = 60.0
 # A mail another process holds is looked at again after this long.
 BUSY_RETRY_SECONDS = 1.0
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class Runner:
@@ -246,7 +246,7 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
                workers: int, grace: float, user: Optional[str], master_pid: int) -> None:
     """The forked runner's whole life (after processes.fork_child's set-up);
     never returns."""
-    code = EXIT_FAILED
+    code = EXIT_FAILURE
     try:
         queue = Queue(queue_dir)
         os.close(queue.open_directory())  # learns DIR's owner: whom to deliver as
@@ -265,5 +265,5 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         try:
             log.error("queue runner failed: %s", exc)
         finally:
-            os._exit(EXIT_FAILED)
+            os._exit(EXIT_FAILURE)
     os._exit(code)

@@ -1,4 +1,5 @@
-"""``--allow``: the client networks that may connect.
+"""``--allow``: the client networks that may connect (each value is read
+by ``msmtpd.base.config.parse_network``, with the other options).
 
 A client from anywhere else is greeted with 554 and the connection
 closed (RFC 5321 section 3.1) before a session starts.  A client with no
@@ -9,21 +10,12 @@ refuses it.
 from __future__ import annotations
 
 import ipaddress
-from typing import List, Sequence, Union
+from typing import TYPE_CHECKING, List, Sequence, Union
 
-from msmtpd.base.config import ConfigError
+if TYPE_CHECKING:
+    from msmtpd.base.config import Network
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-
-
-def parse_network(text: str) -> Network:
-    """``10.0.0.0/8``, ``2001:db8::/32``, or a plain address (a /32 or /128)."""
-    try:
-        return ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise ConfigError(f"invalid --allow '{text[:60]}': expected an IPv4 or IPv6 address"
-                          " or network (10.0.0.0/8, fd00::/8)") from None
 
 
 def addresses_of(peer: str) -> List[Address]:

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from msmtpd.system.processes import EXIT_BOOT_ERROR
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
 
 WORKER, RUNNER = "worker", "queue runner"
 # A worker that dies sooner than this after its start counts as a boot failure.
@@ -54,7 +54,7 @@ def worker_ending(child: Child, code: int) -> str:
     start, the master halts; ENDED: it is logged and replaced."""
     if code == 0 and child.retiring:
         return RETIRED
-    if code == EXIT_BOOT_ERROR:
+    if code == EXIT_NOT_RUNNING:
         return BOOT_FAILED
     return ENDED
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Optional
 
 from msmtpd.base.config import Config
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 from msmtpd.net.connection import Connection, ShutdownRequested, Transport, endpoint_of, peer_name
 from msmtpd.server.service import LATE_MODULES, prepare
 from msmtpd.system.signal_inbox import RecordedSignals
@@ -49,4 +50,4 @@ def run_inetd(config: Config, tls_context: Any = None) -> int:
         ended_well = service.session(connection, peer, interrupt=signals).run()
     finally:
         connection.close()
-    return 0 if ended_well else 1
+    return EXIT_OK if ended_well else EXIT_FAILURE

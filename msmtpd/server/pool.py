@@ -14,6 +14,7 @@ import time
 from typing import Callable, Iterable, List
 
 from msmtpd.base.config import is_number
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.server.child_table import (
     BOOT_FAILED,
@@ -27,7 +28,7 @@ from msmtpd.server.child_table import (
 )
 from msmtpd.server.service import Service
 from msmtpd.server.worker import BUSY, IDLE, IDLE_TITLE, Worker
-from msmtpd.system.processes import EXIT_BOOT_ERROR, fork_child, kill
+from msmtpd.system.processes import fork_child, kill
 from msmtpd.system.supervision import Backoff, exit_text
 
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
@@ -36,7 +37,7 @@ WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 class Halt(Exception):
     """The master must stop; ``str()`` is the reason and ``code`` the exit status."""
 
-    def __init__(self, reason: str, code: int = EXIT_BOOT_ERROR) -> None:
+    def __init__(self, reason: str, code: int = EXIT_NOT_RUNNING) -> None:
         super().__init__(reason)
         self.code = code
 

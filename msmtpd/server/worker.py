@@ -18,6 +18,7 @@ import socketserver
 import time
 from typing import Any, List, Optional
 
+from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK
 from msmtpd.base.logger import log
 from msmtpd.net.connection import (
     OVERLOAD_IDLE_SECONDS,
@@ -30,7 +31,7 @@ from msmtpd.net.connection import (
 from msmtpd.server.service import LATE_MODULES, Service
 from msmtpd.smtp.session import Session
 from msmtpd.system import privileges
-from msmtpd.system.processes import EXIT_BOOT_ERROR, PARENT_CHECK_SECONDS, master_gone
+from msmtpd.system.processes import PARENT_CHECK_SECONDS, master_gone
 from msmtpd.system.proctitle import set_title
 from msmtpd.system.signal_inbox import RecordedSignals
 
@@ -131,13 +132,13 @@ class Worker:
             self._boot()
         except Exception as exc:  # report why, then let the master halt
             self._report(f"error {os.getpid()} {exc}")
-            os._exit(EXIT_BOOT_ERROR)
+            os._exit(EXIT_NOT_RUNNING)  # the master halts on it
         self._report(f"ready {os.getpid()}")
         try:
             self._serve()
         except BaseException:
-            os._exit(1)
-        os._exit(0)
+            os._exit(EXIT_FAILURE)
+        os._exit(EXIT_OK)
 
     def _boot(self) -> None:
         """After processes.fork_child's set-up: the signals, then --user."""

@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any, Callable, List
 
-EXIT_NOT_RUNNING = 3
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING, EXIT_OK
 
 
 def _fileno(thing: Any) -> Any:
@@ -69,7 +69,7 @@ def _await_ready(ready_r: int) -> int:
     os.close(ready_r)
     message = data.decode("utf-8", "replace").strip()
     if message == "ready":
-        return 0
+        return EXIT_OK
     if message.startswith("error "):
         sys.stderr.write(f"msmtpd: {message[6:]}\n")
     else:

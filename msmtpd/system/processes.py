@@ -9,8 +9,8 @@ import os
 import signal
 from typing import Callable, Iterable, Iterator, List, Set, Tuple
 
-# Exit status of a child that could not start; the master halts on a worker's.
-EXIT_BOOT_ERROR = 3
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
+
 PR_SET_CHILD_SUBREAPER = 36
 # How often a child (worker, queue runner) checks that its master is alive.
 PARENT_CHECK_SECONDS = 1.0
@@ -33,7 +33,7 @@ def fork_child(blocked: Set[signal.Signals], close: Iterable[int], title: str,
         _settle_child(close, title)
         run()
     finally:
-        os._exit(EXIT_BOOT_ERROR)
+        os._exit(EXIT_NOT_RUNNING)  # could not start: the master halts on a worker's
     raise AssertionError("unreachable")  # for the type checker
 
 

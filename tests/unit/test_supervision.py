@@ -14,6 +14,7 @@ from typing import Any, List
 
 import pytest
 
+from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
 from msmtpd.server import pool as pool_module
 from msmtpd.server.child_table import (
     BOOT_FAILED,
@@ -32,7 +33,6 @@ from msmtpd.server.child_table import (
 )
 from msmtpd.server.pool import Halt, WorkerPool
 from msmtpd.server.worker import BUSY, IDLE
-from msmtpd.system.processes import EXIT_BOOT_ERROR
 from msmtpd.system.signal_inbox import MAX_PENDING, SignalInbox
 from msmtpd.system.supervision import MAX_RESPAWN_DELAY, Backoff, exit_text, respawn_delay
 
@@ -109,13 +109,13 @@ def test_a_runner_is_young_for_its_own_grace_time() -> None:
 
 def test_a_boot_error_halts_unless_nothing_else_counts() -> None:
     worker = booted_worker(12, 0)
-    assert worker_ending(worker, EXIT_BOOT_ERROR) == BOOT_FAILED
+    assert worker_ending(worker, EXIT_NOT_RUNNING) == BOOT_FAILED
     assert worker_ending(worker, 0) == ENDED
     assert worker_ending(worker, -signal.SIGKILL) == ENDED
     worker.retiring = True  # renewed after SIGHUP, or a surplus
     assert worker_ending(worker, 0) == RETIRED
     assert worker_ending(worker, 1) == ENDED  # a crash is a crash
-    assert worker_ending(worker, EXIT_BOOT_ERROR) == BOOT_FAILED
+    assert worker_ending(worker, EXIT_NOT_RUNNING) == BOOT_FAILED
 
 
 # -- the record table -----------------------------------------------------------
@@ -205,9 +205,9 @@ def test_a_worker_that_cannot_start_halts_the_master(pool: Any) -> None:
     os.write(pool.status_w, b"error 41 cannot read the certificate\n")
     with pytest.raises(Halt, match="cannot read the certificate") as halt:
         pool.read_status()
-    assert halt.value.code == EXIT_BOOT_ERROR
+    assert halt.value.code == EXIT_NOT_RUNNING
     with pytest.raises(Halt, match="worker 42 could not start"):
-        pool.ended(Child(42, WORKER, 0.0, slot=1), exit_status(EXIT_BOOT_ERROR), stopping=False)
+        pool.ended(Child(42, WORKER, 0.0, slot=1), exit_status(EXIT_NOT_RUNNING), stopping=False)
 
 
 def test_renewed_workers_leave_quietly_and_crashes_back_off(pool: Any) -> None:

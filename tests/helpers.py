@@ -31,6 +31,16 @@ FIFTY_KB_BODY = b"".join(b"line %05d of a mail that is about fifty kilobytes lon
                          for n in range(800))
 
 
+class Clock:
+    """A monotonic clock the test moves by hand (``clock.now += 5``)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def program(name: str) -> str:
     """The installed console script (not a pyenv shim), e.g. msmtpd, msmtpd-maildir."""
     candidate = SCRIPTS / name
@@ -89,14 +99,19 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
     raise AssertionError(f"nothing listens on {host}:{port}")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds passed."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: Optional[str] = None) -> Any:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed; its
+    last value (false at the timeout). With ``what``, a timeout is an
+    AssertionError that says what was awaited."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
-    return False
+    if not value and what is not None:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return value
 
 
 def maildir_command(directory: Path) -> str:

@@ -1179,7 +1179,7 @@ def test_without_shell_safe_addresses_a_shell_payload_is_passed_literally(tmp_pa
 
 
 def test_hostile_corpus_with_shell_safe_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every address of tests/test_hostile.py that carries a shell-special
+    """Every address of tests/support/hostile.py that carries a shell-special
     character is refused; valid ones with 553 5.1.3."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()

@@ -24,15 +24,15 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
 from tests.helpers import (
+    WAIT,
     Server,
     children,
     descendants,
@@ -42,6 +42,7 @@ from tests.helpers import (
     tool,
     wait_for_mails,
     wait_for_port,
+    wait_until,
 )
 from tests.support.service_files import ETC, kill_quietly, stop_xinetd
 
@@ -89,15 +90,6 @@ exec "$@"
 _serial = itertools.count()
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 
@@ -136,12 +128,12 @@ class Reaper:
 
     def command(self, timeout: float = 30.0) -> Tuple[int, str]:
         """The command's exit status and its output."""
-        record = wait_until(lambda: self._record("command"), "the command to finish", timeout)
+        record = wait_until(lambda: self._record("command"), timeout, what="the command to finish")
         return int(record["command"]), self.output.read_text(errors="replace")
 
     def exit_status(self, pid: int, timeout: float = 30.0) -> int:
         """How the adopted process ``pid`` ended."""
-        record = wait_until(lambda: self._record("pid", pid), f"process {pid} to end", timeout)
+        record = wait_until(lambda: self._record("pid", pid), timeout, what=f"process {pid} to end")
         return int(record["exit"])
 
     def finished(self, timeout: float = 15.0) -> None:
@@ -271,7 +263,7 @@ def test_init_script_start_status_restart_stop(tmp_path: Path, lsb_functions: bo
 
         reload = run("reload")
         assert reload.returncode == 0, reload
-        wait_until(lambda: "reopening the log" in read_text(log), "the SIGHUP to reach the master")
+        wait_until(lambda: "reopening the log" in read_text(log), WAIT, what="the SIGHUP to reach the master")
 
         restarter = Reaper(tmp_path, [*script, "restart"], env)
         reapers.append(restarter)
@@ -402,7 +394,7 @@ def test_manual_page_start_stop_daemon_lines(tmp_path: Path) -> None:
         assert code == 0, output
         wait_for_port(port)
         master = int(pidfile.read_text())
-        workers = wait_until(lambda: children(master), "the workers")
+        workers = wait_until(lambda: children(master), WAIT, what="the workers")
         assert uid_of(master) == nobody.pw_uid
         assert all(uid_of(worker) == nobody.pw_uid for worker in workers)
 
@@ -499,7 +491,7 @@ def test_xinetd_with_shipped_service(tmp_path: Path) -> None:
         assert b"Delivered-To: four@example.org" in mail_with(maildir, "via-msmtp", 4)
 
         # Every session was its own msmtpd --inetd, and each has ended.
-        wait_until(lambda: not children(server.pid), "the msmtpd --inetd processes to end")
+        wait_until(lambda: not children(server.pid), WAIT, what="the msmtpd --inetd processes to end")
         assert server.poll() is None
     finally:
         stop_xinetd(server)
@@ -536,13 +528,14 @@ def test_logrotate_makes_the_daemon_reopen_its_log(tmp_path: Path) -> None:
 
     with Server([f"--command={maildir_command(maildir)}", f"--log={log}", f"--pidfile={pidfile}",
                  "--max-sessions=2"]) as server:
-        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() == str(server.pid),
-                   "the pid file")
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() == str(server.pid), WAIT,
+                   what="the pid file")
         processes = [server.pid, *wait_until(lambda: len(children(server.pid)) == 2 and children(server.pid),
-                                             "two workers")]
+                                             WAIT, what="two workers")]
         send_mail(server.port, "before@example.org", "one@example.org", "before-rotation")
         mail_with(maildir, "before-rotation", 1)
-        wait_until(lambda: "<before@example.org>" in read_text(log), "the first delivery in the log")
+        wait_until(lambda: "<before@example.org>" in read_text(log), WAIT,
+                   what="the first delivery in the log")
 
         done = subprocess.run([logrotate, "-f", "-s", str(tmp_path / "logrotate.state"), str(config)],
                               capture_output=True, text=True, timeout=60)
@@ -554,10 +547,11 @@ def test_logrotate_makes_the_daemon_reopen_its_log(tmp_path: Path) -> None:
             opened = [open_paths(pid) for pid in processes]
             return all(str(log) in paths and str(rotated) not in paths for paths in opened)
 
-        wait_until(everyone_reopened, "the master and every worker to reopen the log")
+        wait_until(everyone_reopened, WAIT, what="the master and every worker to reopen the log")
         send_mail(server.port, "after@example.org", "two@example.org", "after-rotation")
         mail_with(maildir, "after-rotation", 2)
-        wait_until(lambda: "<after@example.org>" in read_text(log), "the next delivery in the new log")
+        wait_until(lambda: "<after@example.org>" in read_text(log), WAIT,
+                   what="the next delivery in the new log")
         assert "<after@example.org>" not in read_text(rotated)
         assert server.process is not None and server.process.poll() is None
     assert server.process is not None and server.process.returncode == 0

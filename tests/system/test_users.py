@@ -1,7 +1,7 @@
 """--auth-file with real processes: a users file written by the real
 ``htpasswd -B``, users logging in with smtplib, swaks and curl, senders
 bound to users (--senders), SIGHUP re-reading the file, and broken files.
-More of --senders: tests/test_senders.py."""
+More of --senders: tests/unit/test_senders.py and tests/system/test_senders.py."""
 
 from __future__ import annotations
 

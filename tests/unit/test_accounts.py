@@ -1,6 +1,6 @@
 """Unit tests of --auth-file users and --allow, and of the session asking
 them (on in-memory streams; no sockets).  The senders of each user:
-tests/test_senders.py."""
+tests/unit/test_senders.py."""
 
 from __future__ import annotations
 
@@ -43,11 +43,6 @@ bob:{BOB_HASH}
 """)
 
 
-@pytest.fixture
-def no_sleep(monkeypatch: pytest.MonkeyPatch) -> List[float]:
-    calls: List[float] = []
-    monkeypatch.setattr("msmtpd.policy.passwords.time.sleep", calls.append)
-    return calls
 
 
 # -- the file --------------------------------------------------------------
@@ -147,7 +142,7 @@ def test_parse_line_keeps_the_hash_for_bcrypt() -> None:
 # -- the session asks them --------------------------------------------------
 
 
-def test_auth_login_with_a_file_user(users: Accounts, no_sleep: List[float]) -> None:
+def test_auth_login_with_a_file_user(users: Accounts, sleeps: List[float]) -> None:
     settings = Settings(hostname=HOST, auth=users)
     result = talk(lines("EHLO client.test", "AUTH LOGIN", b64("alice"), b64("alice-pw"),
                         *transaction(sender="<someone@else.test>"), "QUIT"), settings)

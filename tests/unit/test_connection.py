@@ -18,16 +18,11 @@ from msmtpd.net.connection import (
     RequestTimeout,
     Transport,
 )
+from tests.helpers import Clock
 
 TIMEOUT = 3.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class SimulatedClient(Transport):

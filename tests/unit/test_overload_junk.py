@@ -11,16 +11,11 @@ from msmtpd.net.connection import Connection, MemoryTransport
 from msmtpd.smtp.message import Spool
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.session import Envelope, Session, Settings
+from tests.helpers import Clock
 
 # -- which commands restart the overload clock (no sockets) ------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def refuse_delivery(envelope: Envelope, spool: Spool) -> Reply:
@@ -30,7 +25,7 @@ def refuse_delivery(envelope: Envelope, spool: Spool) -> Reply:
 def unproductive_after(commands: Sequence[bytes], answered_at: float = 5.0) -> List[float]:
     """Each command answered ``answered_at`` seconds after the previous
     reply; how long without progress the session is once each reply is out."""
-    clock = Clock()
+    clock = Clock(1000.0)
     connection = Connection(MemoryTransport(lambda size: b"", io.BytesIO()), None, clock=clock)
     session = Session(connection, Settings(hostname="mx.test"), refuse_delivery)
     seen = []

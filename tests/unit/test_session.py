@@ -816,12 +816,6 @@ def auth_settings(shared: Optional[types.SimpleNamespace] = None) -> Settings:
     return Settings(hostname=HOST, auth=PasswordCheck(USER, PASSWORD, clock))
 
 
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> List[float]:
-    """Replaces time.sleep (used by the brute-force delay) with a recorder."""
-    calls: List[float] = []
-    monkeypatch.setattr("msmtpd.policy.passwords.time.sleep", calls.append)
-    return calls
 
 
 def auth_talk(*commands: str, shared: Optional[types.SimpleNamespace] = None) -> Result:
@@ -886,7 +880,7 @@ def test_auth_cancelled_with_a_star(commands: Sequence[str], sleeps: List[float]
      ("AUTH LOGIN", b64(USER), "~~~")],
 )
 def test_auth_bad_base64_is_501(commands: Sequence[str], sleeps: List[float]) -> None:
-    """A response that is not valid base64 is 501 (tests/test_auth_plain.py: one that is
+    """A response that is not valid base64 is 501 (tests/unit/test_auth_plain.py: one that is
     base64 but not PLAIN's three parts)."""
     result = auth_talk(*commands, "QUIT")
     assert result.replies[len(commands) + 1] == replies.AUTH_BAD_BASE64

@@ -202,6 +202,14 @@ def descendants(pid: int) -> List[int]:
     return found
 
 
+def kill_quietly(pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid``, which may have ended already."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
 

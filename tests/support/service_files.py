@@ -3,21 +3,15 @@ xinetd stopped, a process killed that may be gone already."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 
-from tests.helpers import ROOT, descendants
+from tests.helpers import ROOT, descendants, kill_quietly
 
 ETC = ROOT / "etc"
 
 
 
-def kill_quietly(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 

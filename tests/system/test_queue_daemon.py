@@ -19,6 +19,7 @@ from tests.helpers import (
     children,
     delivered,
     descendants,
+    kill_quietly,
     need_root,
     program,
     run_inetd,
@@ -226,10 +227,7 @@ def test_sigkill_of_the_whole_tree_mid_delivery_loses_nothing(tmp_path: Path) ->
         assert wait_until(lambda: list(tmp_path.glob("started-*")), timeout=10)
         tree = [server.pid, *descendants(server.pid)]
         for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_quietly(pid, signal.SIGKILL)
         server.process.wait()  # type: ignore[union-attr]
     finally:
         server.stop()

@@ -37,6 +37,7 @@ from tests.helpers import (
     children,
     descendants,
     free_port,
+    kill_quietly,
     maildir_command,
     program,
     tool,
@@ -44,7 +45,7 @@ from tests.helpers import (
     wait_for_port,
     wait_until,
 )
-from tests.support.service_files import ETC, kill_quietly, stop_xinetd
+from tests.support.service_files import ETC, stop_xinetd
 
 INIT_SCRIPT = ETC / "init.d" / "msmtpd"
 

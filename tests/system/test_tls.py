@@ -33,10 +33,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 from tests import helpers
-from tests.helpers import received_headers
+from tests.helpers import kill_quietly, received_headers
 from tests.support.inetd import TinyInetd, finish
 from tests.support.netns import HOST_ADDRESS, PEER_ADDRESS, veth_namespace
-from tests.support.service_files import ETC, kill_quietly, stop_xinetd
+from tests.support.service_files import ETC, stop_xinetd
 from tests.support.tls_daemons import (
     WAIT,
     Certs,

@@ -1,19 +1,7 @@
 """AUTH time tells nothing: every AUTH does the same bcrypt work whatever
-the name and the password.
-
-First counted (in memory, exact): the bcrypt rounds each kind of AUTH
-costs.  Then measured on a real daemon with real smtplib sessions: the
-medians of 10 tries for a known user, an unknown one, a user whose hash is
-cheaper than the file's dearest, a password with a NUL, an over-long
-password and a malformed exchange differ by less than 10 %.
-
-The brute-force delay (one second after any failure, for every AUTH of
-the daemon) would dominate such a measurement and make it take minutes:
-a first failure turns it on for all, each try's time minus that delay is
-the work compared, and the tries run in overlapping sessions, one AUTH
-every GAP seconds, so that their delays overlap but their bcrypt checks
-do not.
-Here the part without processes; the real ones are in tests/system/test_auth_timing.py."""
+the name and the password.  Counted here, in memory and exactly: the bcrypt
+rounds each kind of AUTH costs.  Measured on a real daemon in
+tests/system/test_auth_timing.py."""
 
 from __future__ import annotations
 

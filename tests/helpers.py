@@ -3,7 +3,9 @@ pick free ports, start servers and wait for them, read Maildir deliveries."""
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,8 +15,30 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 SCRIPTS = Path(sys.executable).parent
 CI = os.environ.get("CI") == "true"
+WAIT = 15.0  # upper bound for any single wait on a process or socket that is not itself under test
+
+LOW_BCRYPT_COST = 4  # the cheapest bcrypt hash htpasswd writes
+# what a --senders file holds in the tests of the file and of the daemons that read it
+SENDERS = """# who may send as whom
+alice: alice@example.org
+bob: bob@example.org, @Bob.Example ,
+
+"""
+FIFTY_KB_BODY = b"".join(b"line %05d of a mail that is about fifty kilobytes long.....\r\n" % n
+                         for n in range(800))
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (``clock.now += 5``)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def program(name: str) -> str:
@@ -75,14 +99,19 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
     raise AssertionError(f"nothing listens on {host}:{port}")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds passed."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: Optional[str] = None) -> Any:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed; its
+    last value (false at the timeout). With ``what``, a timeout is an
+    AssertionError that says what was awaited."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
-    return False
+    if not value and what is not None:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return value
 
 
 def maildir_command(directory: Path) -> str:
@@ -160,6 +189,27 @@ def children(pid: int) -> List[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid``, children first; [] once it has ended."""
+    found: List[int] = []
+    try:
+        direct = children(pid)
+    except OSError:  # it has just ended
+        return found
+    for child in direct:
+        found.append(child)
+        found.extend(descendants(child))
+    return found
+
+
+def kill_quietly(pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid``, which may have ended already."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
 
@@ -209,19 +259,30 @@ def wait_for_log(path: Path, text: str, count: int = 1, timeout: float = 15.0) -
     return log_text(path)
 
 
-def converse(settings: Any, *lines: bytes | str, peer: str = "192.0.2.7") -> List[str]:
-    """A whole session in memory (no sockets) on ``settings`` (a
-    msmtpd.smtp.session.Settings): the reply lines, each ``CODE text``; every
-    mail is answered as delivered."""
-    import io
+def b64(data: bytes | str) -> str:
+    """``data`` (a str as UTF-8) in base64, as an AUTH exchange sends it."""
+    return base64.b64encode(data if isinstance(data, bytes) else data.encode("utf-8")).decode("ascii")
 
-    from msmtpd.net.connection import in_memory
-    from msmtpd.smtp import replies
-    from msmtpd.smtp.session import Session
 
-    script = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\r\n" for line in lines)
-    writer = io.BytesIO()
-    Session(in_memory(io.BytesIO(script).read1, writer), settings,
-            lambda envelope, spool: replies.DELIVERED, peer).run()
-    return [line for line in writer.getvalue().decode("utf-8", "replace").split("\r\n")[:-1]
-            if line[3:4] == " "]
+def auth_plain(user: bytes | str, password: bytes | str, authzid: bytes | str = "") -> str:
+    """The AUTH PLAIN response (RFC 4616): authzid, user and password joined by NUL, in base64."""
+    def raw(part: bytes | str) -> bytes:
+        return part if isinstance(part, bytes) else part.encode("utf-8")
+
+    return b64(b"\0".join((raw(authzid), raw(user), raw(password))))
+
+
+def received_headers(mail: bytes) -> List[bytes]:
+    """The Received: header fields of ``mail``, top first, unfolded."""
+    header = mail.split(b"\n\n", 1)[0]
+    return [m.replace(b"\n\t", b" ")
+            for m in re.findall(rb"^Received: .*?(?=\n(?!\t)|\Z)", header, re.M | re.S)]
+
+
+def make_queue(tmp_path: Path) -> Any:
+    """An empty queue store (a msmtpd.delivery.queue_store.Queue) in ``tmp_path``/queue."""
+    from msmtpd.delivery.queue_store import Queue, prepare_directory
+
+    directory = tmp_path / "queue"
+    prepare_directory(str(directory))
+    return Queue(str(directory))

@@ -8,7 +8,7 @@ verb before it runs (TLS, a greeting, AUTH) are the session's dispatch."""
 from __future__ import annotations
 
 import time
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 from msmtpd.base.config import is_number
 from msmtpd.base.logger import log
@@ -37,13 +37,10 @@ class TransactionVerbs(SessionState):
     def smtp_MAIL(self, argument: str) -> Reply:
         if self.envelope is not None:
             return replies.NESTED_MAIL
-        rest = _strip_keyword(argument, "FROM:")
-        if rest is None:
-            return replies.SYNTAX.format(usage="MAIL FROM:<address> [parameters]")
-        try:
-            path, params = split_path(rest)
-        except AddressError as exc:
-            return replies.BAD_ADDRESS.format(reason=exc)
+        split = _path_and_parameters(argument, "FROM:", "MAIL FROM:<address> [parameters]")
+        if isinstance(split, Reply):
+            return split
+        path, params = split
         envelope = Envelope()
         problem = self._mail_parameters(params, envelope)
         if problem is not None:
@@ -102,13 +99,10 @@ class TransactionVerbs(SessionState):
         envelope = self.envelope
         if envelope is None:
             return replies.NEED_MAIL
-        rest = _strip_keyword(argument, "TO:")
-        if rest is None:
-            return replies.SYNTAX.format(usage="RCPT TO:<address>")
-        try:
-            path, params = split_path(rest)
-        except AddressError as exc:
-            return replies.BAD_ADDRESS.format(reason=exc)
+        split = _path_and_parameters(argument, "TO:", "RCPT TO:<address>")
+        if isinstance(split, Reply):
+            return split
+        path, params = split
         if params:
             return replies.UNKNOWN_PARAMETER.format(name=params.split()[0].partition("=")[0].upper())
         if len(envelope.recipients) >= MAX_RECIPIENTS:
@@ -179,6 +173,18 @@ def sanitise_helo(name: str) -> str:
     """Printable ASCII only, no comment delimiters, bounded length."""
     cleaned = "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in name)
     return cleaned[:MAX_HELO_IN_HEADER] or "unknown"
+
+
+def _path_and_parameters(argument: str, keyword: str,
+                         usage: str) -> Union[Tuple[str, str], Reply]:
+    """MAIL's or RCPT's path and parameters, or the reply to a malformed line."""
+    rest = _strip_keyword(argument, keyword)
+    if rest is None:
+        return replies.SYNTAX.format(usage=usage)
+    try:
+        return split_path(rest)
+    except AddressError as exc:
+        return replies.BAD_ADDRESS.format(reason=exc)
 
 
 def _strip_keyword(argument: str, keyword: str) -> Optional[str]:

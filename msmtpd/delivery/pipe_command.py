@@ -165,31 +165,21 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
             start_new_session=True,  # a process group of its own, to kill as a whole
         )
     except OSError as exc:
-        why = f"cannot run {argv[0]}: {exc.strerror}"
-        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, "", time.monotonic() - started)
+        return _tempfail(f"cannot run {argv[0]}: {exc.strerror}", b"", started)
     deadline = None if timeout is None else started + timeout
     err = bytearray()  # the head of its stderr, kept even when it times out
     try:
-        _exchange(process, message if isinstance(message, bytes) else None, deadline, err, interrupt)
+        _Exchange(process, message if isinstance(message, bytes) else None, deadline, err,
+                  interrupt).run()
         process.wait(None if deadline is None or process.poll() is not None
                      else max(deadline - time.monotonic(), 0))
-    except _Interrupted as interrupted:
+    except BaseException as exc:  # the one way a command is cut short
         _kill_group(process)
         process.wait()
-        log.error("killed delivery command %d and its process group: %s", process.pid, interrupted)
-        why = f"delivery interrupted: {interrupted}"
-        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(bytes(err)),
-                       time.monotonic() - started)
-    except subprocess.TimeoutExpired:
-        _kill_group(process)
-        process.wait()
-        why = f"command timed out after {timeout:g} s"
-        return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(bytes(err)),
-                       time.monotonic() - started)
-    except BaseException:
-        _kill_group(process)
-        process.wait()
-        raise
+        why = _abort_reason(exc, process.pid, timeout)
+        if why is None:
+            raise
+        return _tempfail(why, err, started)
     finally:
         for pipe in (process.stdin, process.stderr):
             if pipe is not None:
@@ -200,80 +190,135 @@ def deliver(command: PipeCommand, sender: str, recipients: Sequence[str],
     return _judge(returncode, _text(bytes(err)), time.monotonic() - started)
 
 
-def _exchange(process: subprocess.Popen[bytes], data: Optional[bytes],
-              deadline: Optional[float], kept: bytearray,
-              interrupt: Optional[Interrupt] = None) -> None:
-    """Feed ``data`` to the command while reading its standard error, until
-    it has exited: like ``communicate`` but keeping only the head of a
-    flood of stderr (in ``kept``, which survives a timeout), and waiting
-    on a pidfd instead of polling.  A command
-    that exits without reading its input is not an error here: its exit
-    status will say what happened.  Raises TimeoutExpired at ``deadline``
-    and _Interrupted when ``interrupt`` says so."""
-    assert process.stderr is not None
-    stdin, stderr = process.stdin, process.stderr
-    view = memoryview(data or b"")
-    pidfd = _pidfd(process.pid)
-    exited_at: Optional[float] = None
-    with selectors.DefaultSelector() as selector:
-        selector.register(stderr, selectors.EVENT_READ)
-        if pidfd is not None:
-            selector.register(pidfd, selectors.EVENT_READ)
-        if interrupt is not None:
-            selector.register(interrupt.wake_fd, selectors.EVENT_READ)
-        if stdin is not None:
-            if view:
-                os.set_blocking(stdin.fileno(), False)
-                selector.register(stdin, selectors.EVENT_WRITE)
-            else:
-                stdin.close()
+def _abort_reason(exc: BaseException, pid: int, timeout: Optional[float]) -> Optional[str]:
+    """Why the killed command is answered 451; None when ``exc`` is no
+    reason of ours to end it (it goes on up, the command killed all the same)."""
+    if isinstance(exc, _Interrupted):
+        log.error("killed delivery command %d and its process group: %s", pid, exc)
+        return f"delivery interrupted: {exc}"
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return f"command timed out after {timeout:g} s"
+    return None
+
+
+def _tempfail(why: str, err: bytes | bytearray, started: float) -> Outcome:
+    """A 451 for a command that could not run or was cut short."""
+    return Outcome(replies.DELIVERY_TEMPFAIL.format(why=why), why, _text(bytes(err)),
+                   time.monotonic() - started)
+
+
+class _Exchange:
+    """Feeds the command's standard input while reading its standard error,
+    until it has exited: like ``communicate`` but keeping only the head of a
+    flood of stderr (in ``kept``, which survives a timeout), and waiting on a
+    pidfd instead of polling.  A command that exits without reading its
+    input is not an error here: its exit status will say what happened.
+    :meth:`run` raises TimeoutExpired at ``deadline`` and _Interrupted when
+    ``interrupt`` says so."""
+
+    def __init__(self, process: subprocess.Popen[bytes], data: Optional[bytes],
+                 deadline: Optional[float], kept: bytearray,
+                 interrupt: Optional[Interrupt]) -> None:
+        assert process.stderr is not None
+        self.process = process
+        self.stdin = process.stdin
+        self.stderr = process.stderr
+        self.pending = memoryview(data or b"")  # what the command has not read yet
+        self.deadline = deadline
+        self.kept = kept
+        self.interrupt = interrupt
+        self.pidfd: Optional[int] = None
+        self.exited_at: Optional[float] = None
+
+    def run(self) -> None:
+        self.pidfd = _pidfd(self.process.pid)
         try:
-            while stderr in selector.get_map() or exited_at is None:
-                if interrupt is not None:
-                    reason = interrupt.interrupted()
-                    if reason is not None:
-                        raise _Interrupted(reason)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise subprocess.TimeoutExpired(process.args, 0)
-                wait = MAX_WAIT_SECONDS if deadline is None else min(deadline - now, MAX_WAIT_SECONDS)
-                if interrupt is not None:
-                    wait = min(wait, INTERRUPT_CHECK_SECONDS)
-                if pidfd is None:  # no pidfd (old kernel): look now and then
-                    wait = min(wait, EXIT_CHECK_SECONDS)
-                if exited_at is not None:  # it exited: a little longer for its last words
-                    wait = min(wait, exited_at + EXIT_GRACE_SECONDS - now)
-                events = selector.select(max(wait, 0))
-                if interrupt is not None:  # a signal: interrupted() looks at it next round
-                    events = [event for event in events if event[0].fileobj != interrupt.wake_fd]
-                if not events:
-                    if exited_at is not None and time.monotonic() >= exited_at + EXIT_GRACE_SECONDS:
-                        break  # a background child of the command holds stderr open
-                    if pidfd is None and process.poll() is not None:
-                        exited_at = time.monotonic()
-                    continue
-                for key, _ in events:
-                    if key.fileobj is stdin:
-                        assert stdin is not None
-                        try:
-                            view = view[os.write(stdin.fileno(), view[:PIPE_CHUNK]):]
-                        except BrokenPipeError:
-                            view = view[:0]
-                        if not view:
-                            selector.unregister(stdin)
-                            stdin.close()
-                    elif key.fileobj is stderr:
-                        chunk = os.read(stderr.fileno(), PIPE_CHUNK)
-                        if not chunk:
-                            selector.unregister(stderr)
-                        elif len(kept) < STDERR_KEEP:
-                            kept += chunk[: STDERR_KEEP - len(kept)]
-                    else:
-                        selector.unregister(key.fileobj)
-                        exited_at = time.monotonic()
+            with selectors.DefaultSelector() as selector:
+                self._register(selector)
+                while self.stderr in selector.get_map() or self.exited_at is None:
+                    now = self._check_limits()
+                    if not self._step(selector, now):
+                        return
         finally:
-            if pidfd is not None:
-                os.close(pidfd)
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+
+    def _register(self, selector: selectors.BaseSelector) -> None:
+        selector.register(self.stderr, selectors.EVENT_READ)
+        if self.pidfd is not None:
+            selector.register(self.pidfd, selectors.EVENT_READ)
+        if self.interrupt is not None:
+            selector.register(self.interrupt.wake_fd, selectors.EVENT_READ)
+        if self.stdin is None:
+            return  # the message is a file: the command reads it itself
+        if not self.pending:
+            self.stdin.close()
+            return
+        os.set_blocking(self.stdin.fileno(), False)
+        selector.register(self.stdin, selectors.EVENT_WRITE)
+
+    def _check_limits(self) -> float:
+        """Raise when the command must end now; else the time."""
+        if self.interrupt is not None:
+            reason = self.interrupt.interrupted()
+            if reason is not None:
+                raise _Interrupted(reason)
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            raise subprocess.TimeoutExpired(self.process.args, 0)
+        return now
+
+    def _wait_seconds(self, now: float) -> float:
+        wait = MAX_WAIT_SECONDS if self.deadline is None else min(self.deadline - now, MAX_WAIT_SECONDS)
+        if self.interrupt is not None:
+            wait = min(wait, INTERRUPT_CHECK_SECONDS)
+        if self.pidfd is None:  # no pidfd (old kernel): look now and then
+            wait = min(wait, EXIT_CHECK_SECONDS)
+        if self.exited_at is not None:  # it exited: a little longer for its last words
+            wait = min(wait, self.exited_at + EXIT_GRACE_SECONDS - now)
+        return max(wait, 0)
+
+    def _step(self, selector: selectors.BaseSelector, now: float) -> bool:
+        """Wait for the pipes or the exit once; False when it is over."""
+        events = selector.select(self._wait_seconds(now))
+        if self.interrupt is not None:  # a signal: interrupted() looks at it next round
+            events = [event for event in events if event[0].fileobj != self.interrupt.wake_fd]
+        if not events:
+            return self._quiet()
+        for key, _ in events:
+            if key.fileobj is self.stdin:
+                self._feed(selector)
+            elif key.fileobj is self.stderr:
+                self._read_stderr(selector)
+            else:  # the pidfd: it exited
+                selector.unregister(key.fileobj)
+                self.exited_at = time.monotonic()
+        return True
+
+    def _quiet(self) -> bool:
+        """Nothing happened within the wait; False once the exit's grace is over."""
+        if self.exited_at is not None and time.monotonic() >= self.exited_at + EXIT_GRACE_SECONDS:
+            return False  # a background child of the command holds stderr open
+        if self.pidfd is None and self.process.poll() is not None:
+            self.exited_at = time.monotonic()
+        return True
+
+    def _feed(self, selector: selectors.BaseSelector) -> None:
+        assert self.stdin is not None
+        try:
+            self.pending = self.pending[os.write(self.stdin.fileno(), self.pending[:PIPE_CHUNK]):]
+        except BrokenPipeError:
+            self.pending = self.pending[:0]
+        if not self.pending:
+            selector.unregister(self.stdin)
+            self.stdin.close()
+
+    def _read_stderr(self, selector: selectors.BaseSelector) -> None:
+        chunk = os.read(self.stderr.fileno(), PIPE_CHUNK)
+        if not chunk:
+            selector.unregister(self.stderr)
+        elif len(self.kept) < STDERR_KEEP:
+            self.kept += chunk[: STDERR_KEEP - len(self.kept)]
 
 
 def _pidfd(pid: int) -> Optional[int]:
@@ -339,7 +384,7 @@ class Deliverer:
                  interrupt: Optional[Interrupt] = None) -> None:
         self.command = command
         self.timeout = timeout
-        self.peer = peer
+        self.who = peer or "client"  # the peer as a log line names it
         self.interrupt = interrupt
 
     def __call__(self, envelope: Envelope, spool: Spool) -> Reply:
@@ -348,7 +393,7 @@ class Deliverer:
         level = INFO if outcome.delivered else ERROR
         detail = summarise_stderr(outcome.stderr)
         log.log(level, "%s: mail from <%s> to %s, %d octets: %s, %s in %.3f s%s",
-                self.peer or "client", envelope.sender,
+                self.who, envelope.sender,
                 summarise_recipients(envelope.recipients), spool.size,
                 "delivered" if outcome.delivered else f"{outcome.reply.code} not delivered",
                 outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "")

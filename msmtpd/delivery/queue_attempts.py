@@ -1,5 +1,6 @@
 """One attempt at one queued mail, shared by the daemon's queue runner and
-``--queue-flush``; and the back-off between attempts.
+``--queue-flush``: the lock, the checks, the command, the log and the
+files; what to do after it is :mod:`msmtpd.delivery.queue_decision`.
 
 Each attempt takes the mail's lock (the message file, flocked), checks the
 message against the size and SHA-256 its envelope recorded, and runs the
@@ -21,37 +22,27 @@ import os
 import select
 import threading
 import time
-from typing import Dict, Optional
+from collections import deque
+from typing import Deque, Dict, NamedTuple, Optional
 
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.base.safe_files import UnsafeFile, owner_name
 from msmtpd.delivery.pipe_command import Outcome, PipeCommand, deliver, summarise_recipients, summarise_stderr
+from msmtpd.delivery.queue_decision import DEFER, REMOVE, Decision, MailState, decide, unrecorded_retry
 from msmtpd.delivery.queue_envelope import QueuedEnvelope
 from msmtpd.delivery.queue_store import Queue
 
-
-# The first retry after a temporary failure, doubling up to the last (like
-# Postfix's minimal_backoff_time and maximal_backoff_time).  The variable
-# shortens the first delay for the test suite; it is not an option.
-def _first_retry(default: float = 60.0) -> float:
-    try:
-        value = float(os.environ.get("MSMTPD_QUEUE_RETRY_SECONDS", default))
-    except ValueError:
-        return default
-    return value if 0 < value <= default else default
-
-
-FIRST_RETRY_SECONDS = _first_retry()
-MAX_RETRY_SECONDS = 3600.0
 DELIVERED, DEFERRED, FAILED, BUSY = "delivered", "deferred", "failed", "busy"
 REFUSED = "refused"  # a file not to trust: looked at again at the next scan only
 
 
-def retry_delay(attempts: int, first: float = FIRST_RETRY_SECONDS) -> float:
-    """1, 2, 4 ... minutes after the first, second, third attempt, at most an
-    hour (a shortened first delay shortens the longest in proportion)."""
-    longest = MAX_RETRY_SECONDS * first / 60.0
-    return float(min(first * 2.0 ** min(max(attempts - 1, 0), 64), longest))
+class AttemptResult(NamedTuple):
+    """What an attempt's thread hands to the runner: the verdict, and
+    when a DEFERRED mail is due again."""
+
+    mail_id: str
+    verdict: str  # DELIVERED, DEFERRED, FAILED, BUSY or REFUSED
+    next_try: Optional[float] = None
 
 
 class Stopper:
@@ -74,7 +65,8 @@ class Stopper:
 class Attempts:
     """Runs attempts at queued mails, at most ``workers`` at once, each in
     a thread of its own (the command is a child process; the thread only
-    waits for it)."""
+    waits for it).  Each thread hands one :class:`AttemptResult` to the
+    runner, through ``results``."""
 
     def __init__(self, queue: Queue, command: PipeCommand, timeout: float, lifetime: float,
                  workers: int) -> None:
@@ -85,8 +77,7 @@ class Attempts:
         self.workers = workers
         self.stopper = Stopper()
         self.running: Dict[str, threading.Thread] = {}
-        self.results: Dict[str, str] = {}
-        self.next_tries: Dict[str, float] = {}  # of deferred mails, also when the disk is full
+        self.results: Deque[AttemptResult] = deque()  # appended by threads, taken by the runner
         # Attempts whose command ran but whose outcome could not be recorded
         # (the envelope's counter could not grow): they count all the same.
         self.lost: Dict[str, int] = {}
@@ -103,12 +94,12 @@ class Attempts:
             log.error("queue %s: cannot read its envelope (%s); left in the queue",
                       mail_id, getattr(exc, "strerror", None) or exc)
 
-    def report_refused(self, mail_id: str, why: object) -> str:
+    def report_refused(self, mail_id: str, why: object) -> AttemptResult:
         """A file that is no file to trust is never touched; say so once."""
         if mail_id not in self.reported:
             self.reported.add(mail_id)
             log.error("queue %s: refused: %s; never read, delivered or removed", mail_id, why)
-        return REFUSED
+        return AttemptResult(mail_id, REFUSED)
 
     @property
     def full(self) -> bool:
@@ -123,9 +114,11 @@ class Attempts:
 
     def _run(self, mail_id: str, force: bool) -> None:
         try:
-            self.results[mail_id] = self.attempt(mail_id, force)
-        except Exception as exc:  # a broken disk must not end the runner, nor spin it
-            self.results[mail_id] = self._cannot_record(mail_id, "attempt it", exc, None)
+            try:
+                result = self.attempt(mail_id, force)
+            except Exception as exc:  # a broken disk must not end the runner, nor spin it
+                result = self._cannot_record(mail_id, "attempt it", exc, None)
+            self.results.append(result)
         finally:
             try:
                 os.write(self._done_w, b"d")
@@ -150,7 +143,7 @@ class Attempts:
             self.collect()
         return not self.running
 
-    def attempt(self, mail_id: str, force: bool = False) -> str:
+    def attempt(self, mail_id: str, force: bool = False) -> AttemptResult:
         """One try at one mail; BUSY when another process holds it, it is
         gone, or (without ``force``) it is not due yet; REFUSED when one of
         its files is no file to trust."""
@@ -159,23 +152,11 @@ class Attempts:
         except UnsafeFile as exc:
             return self.report_refused(mail_id, exc)
         if handle is None:
-            return BUSY
+            return AttemptResult(mail_id, BUSY)
         with handle:
-            try:
-                envelope = self.queue.read_envelope(mail_id)
-            except FileNotFoundError:
-                return BUSY  # delivered or moved meanwhile
-            except UnsafeFile as exc:
-                return self.report_refused(mail_id, exc)
-            except (OSError, ValueError) as exc:
-                self.report_unreadable(mail_id, exc)
-                return BUSY
-            now = time.time()
-            if not force and envelope.next_try > now:
-                return BUSY
-            if os.geteuid() == 0 and self.queue.owner != 0:  # root never delivers as root from it
-                return self.report_refused(mail_id, "root does not deliver from a queue owned by "
-                                           + owner_name(self.queue.owner or 0))
+            envelope = self._due_envelope(mail_id, force)
+            if isinstance(envelope, AttemptResult):
+                return envelope
             damage = self.queue.damage(mail_id, handle, envelope)
             if damage:
                 return self._give_up(mail_id, envelope, f"{damage}; not delivered", ran=False)
@@ -183,54 +164,60 @@ class Attempts:
                               self.timeout, self.stopper)
             return self._record(mail_id, envelope, outcome)
 
-    def _record(self, mail_id: str, envelope: QueuedEnvelope, outcome: Outcome) -> str:
-        """Log the attempt and record its outcome in DIR."""
+    def _due_envelope(self, mail_id: str, force: bool) -> QueuedEnvelope | AttemptResult:
+        """The locked mail's envelope when it is to be delivered now, else
+        why not (BUSY or REFUSED)."""
+        try:
+            envelope = self.queue.read_envelope(mail_id)
+        except FileNotFoundError:
+            return AttemptResult(mail_id, BUSY)  # delivered or moved meanwhile
+        except UnsafeFile as exc:
+            return self.report_refused(mail_id, exc)
+        except (OSError, ValueError) as exc:
+            self.report_unreadable(mail_id, exc)
+            return AttemptResult(mail_id, BUSY)
+        if not force and envelope.next_try > time.time():
+            return AttemptResult(mail_id, BUSY)
+        if os.geteuid() == 0 and self.queue.owner != 0:  # root never delivers as root from it
+            return self.report_refused(mail_id, "root does not deliver from a queue owned by "
+                                       + owner_name(self.queue.owner or 0))
+        return envelope
+
+    def _record(self, mail_id: str, envelope: QueuedEnvelope, outcome: Outcome) -> AttemptResult:
+        """Decide, log the attempt and record its outcome in DIR."""
         now = time.time()
         self.broken.pop(mail_id, None)
-        envelope.attempts += 1 + self.lost.get(mail_id, 0)
-        envelope.last_try = now
-        code = outcome.reply.code
-        detail = summarise_stderr(outcome.stderr)
-        if not outcome.delivered:
-            envelope.last_error = outcome.status + (f"; {detail}" if detail else "")
-        give_up = ""
-        if code >= 500:
-            give_up = f"permanent failure: {outcome.status}"
-        elif not outcome.delivered and now - envelope.arrived >= self.lifetime:
-            give_up = (f"still undelivered after the queue lifetime of {self.lifetime:g} s:"
-                       f" {outcome.status}")
-        else:
-            envelope.next_try = now + retry_delay(envelope.attempts)
-        then = ("" if outcome.delivered or give_up
-                else f"; next try in {envelope.next_try - now:.1f} s")
-        # One line per attempt, with the command's status.
-        log.log(INFO if outcome.delivered else ERROR,
-                "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s%s", mail_id,
-                envelope.attempts, envelope.sender, summarise_recipients(envelope.recipients),
-                "delivered" if outcome.delivered else f"{code} not delivered", outcome.status,
-                outcome.seconds, f"; stderr: {detail}" if detail else "", then)
-        if outcome.delivered:
-            try:
-                self.queue.remove(mail_id)
-            except OSError as exc:
-                return self._cannot_record(mail_id, "remove the delivered mail", exc,
-                                           envelope.attempts)
-            self.lost.pop(mail_id, None)
-            log.info("queue %s: delivered after %d attempt%s, %.0f s in the queue", mail_id,
-                     envelope.attempts, "" if envelope.attempts == 1 else "s",
-                     now - envelope.arrived)
-            return DELIVERED
-        if give_up:
-            return self._give_up(mail_id, envelope, give_up)
+        decision = decide(MailState(envelope.attempts, envelope.arrived, envelope.next_try,
+                                    envelope.last_error, self.lost.get(mail_id, 0)),
+                          outcome, now, self.lifetime)
+        envelope.attempts, envelope.last_try = decision.attempts, decision.last_try
+        envelope.next_try, envelope.last_error = decision.next_try, decision.last_error
+        _log_attempt(mail_id, envelope, outcome, decision)
+        if decision.action == REMOVE:
+            return self._remove(mail_id, envelope, now)
+        if decision.gives_up:
+            return self._give_up(mail_id, envelope, decision.reason)
         try:
             self.queue.update(mail_id, envelope)
         except OSError as exc:  # the old envelope stays; the back-off grows all the same
             return self._cannot_record(mail_id, "record the attempt", exc, envelope.attempts)
         self.lost.pop(mail_id, None)
-        self.next_tries[mail_id] = envelope.next_try
-        return DEFERRED
+        return AttemptResult(mail_id, DEFERRED, envelope.next_try)
 
-    def _give_up(self, mail_id: str, envelope: QueuedEnvelope, reason: str, ran: bool = True) -> str:
+    def _remove(self, mail_id: str, envelope: QueuedEnvelope, now: float) -> AttemptResult:
+        try:
+            self.queue.remove(mail_id)
+        except OSError as exc:
+            return self._cannot_record(mail_id, "remove the delivered mail", exc,
+                                       envelope.attempts)
+        self.lost.pop(mail_id, None)
+        log.info("queue %s: delivered after %d attempt%s, %.0f s in the queue", mail_id,
+                 envelope.attempts, "" if envelope.attempts == 1 else "s",
+                 now - envelope.arrived)
+        return AttemptResult(mail_id, DELIVERED)
+
+    def _give_up(self, mail_id: str, envelope: QueuedEnvelope, reason: str,
+                 ran: bool = True) -> AttemptResult:
         try:
             self.queue.fail(mail_id, envelope, reason)
         except OSError as exc:
@@ -241,10 +228,10 @@ class Attempts:
         log.error("queue %s: moved to failed/ after %d attempt%s: mail from <%s> to %s: %s", mail_id,
                   envelope.attempts, "" if envelope.attempts == 1 else "s", envelope.sender,
                   summarise_recipients(envelope.recipients), reason)
-        return FAILED
+        return AttemptResult(mail_id, FAILED)
 
     def _cannot_record(self, mail_id: str, what: str, exc: Exception,
-                       attempts: Optional[int]) -> str:
+                       attempts: Optional[int]) -> AttemptResult:
         """The outcome is lost (a full disk, a broken one): back off as
         after a temporary failure, doubling, with one line.  ``attempts``:
         those of the mail, this one included, when its command ran (it
@@ -253,8 +240,21 @@ class Attempts:
             attempts = self.broken[mail_id] = self.broken.get(mail_id, 0) + 1
         else:
             self.lost[mail_id] = self.lost.get(mail_id, 0) + 1
-        delay = retry_delay(attempts)
-        self.next_tries[mail_id] = time.time() + delay
+        delay = unrecorded_retry(attempts)
+        next_try = time.time() + delay
         log.error("queue %s: cannot %s: %s; next try in %.1f s", mail_id, what,
                   getattr(exc, "strerror", None) or exc, delay)
-        return DEFERRED
+        return AttemptResult(mail_id, DEFERRED, next_try)
+
+
+def _log_attempt(mail_id: str, envelope: QueuedEnvelope, outcome: Outcome,
+                 decision: Decision) -> None:
+    """One line per attempt, with the command's status."""
+    detail = summarise_stderr(outcome.stderr)
+    then = (f"; next try in {decision.next_try - decision.last_try:.1f} s"
+            if decision.action == DEFER else "")
+    log.log(INFO if outcome.delivered else ERROR,
+            "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s%s", mail_id,
+            envelope.attempts, envelope.sender, summarise_recipients(envelope.recipients),
+            "delivered" if outcome.delivered else f"{outcome.reply.code} not delivered",
+            outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "", then)

@@ -22,15 +22,10 @@ from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 from msmtpd.base.logger import log
 from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
 from msmtpd.delivery.pipe_command import PipeCommand
-from msmtpd.delivery.queue_attempts import (  # noqa: F401 (the back-off, as before the split)
-    BUSY,
-    DEFERRED,
-    DELIVERED,
-    FAILED,
+from msmtpd.delivery.queue_attempts import DEFERRED, DELIVERED, FAILED, REFUSED, Attempts
+from msmtpd.delivery.queue_decision import (  # noqa: F401 (the back-off, as before the split)
     FIRST_RETRY_SECONDS,
     MAX_RETRY_SECONDS,
-    REFUSED,
-    Attempts,
     retry_delay,
 )
 from msmtpd.delivery.queue_directory import RUNNER_LOCK, WAKE_FLUSH, make_fifo
@@ -202,12 +197,12 @@ class Runner:
             self.attempts.start(mail_id, forced)
 
     def _note_results(self) -> None:
-        for mail_id, result in list(self.attempts.results.items()):
-            del self.attempts.results[mail_id]
-            if result in (DELIVERED, FAILED, REFUSED):  # REFUSED: looked at by the next scan
+        results = self.attempts.results
+        while results:
+            mail_id, verdict, next_try = results.popleft()
+            if verdict in (DELIVERED, FAILED, REFUSED):  # REFUSED: looked at by the next scan
                 self.schedule.pop(mail_id, None)
-            elif result == DEFERRED:
-                next_try = self.attempts.next_tries.pop(mail_id, None)
+            elif verdict == DEFERRED:
                 if next_try is not None and mail_id in self.schedule:
                     self.schedule[mail_id] = next_try
             else:  # BUSY: another process has it, or it was not due after all

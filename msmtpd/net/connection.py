@@ -3,7 +3,8 @@
 It owns buffering, the per-request deadlines of contract 6, the overload
 and stop checks of the worker (through a :class:`Watch`), TLS (STARTTLS and
 implicit, the handshake bound by the same deadlines) and the peer address.
-No other module calls ``recv``, ``send`` or ``wrap_socket``.
+How bytes cross each kind of endpoint is :mod:`msmtpd.net.transports`;
+no module but these two calls ``recv``, ``send`` or ``wrap_socket``.
 
 Deadlines bound whole requests, not single reads (Postfix's
 ``smtpd_per_request_deadline``): a command line must be complete within
@@ -22,15 +23,28 @@ NOOP or RSET, or commands that are refused, keeps the clock running.
 
 from __future__ import annotations
 
-import mmap
-import os
-import select
-import socket
-import stat
 import time
-from typing import IO, Any, Callable, Optional, Protocol, Union
+from typing import IO, Any, Callable, Optional, Protocol
 
 from msmtpd.net.line_reader import CHUNK_SIZE, DATA_CHUNK_SIZE, LineReader
+from msmtpd.net.transports import (
+    MAX_POLL_SECONDS,
+    Endpoint,
+    MemoryTransport,
+    TLSFailed,
+    TLSTransport,
+    TLSUnavailable,
+    Transport,
+    endpoint_of,
+    peer_name,
+)
+
+# The transports, and what a descriptor is, are named here too: the
+# session, the worker and --inetd know one module of the network.
+__all__ = ["MIN_DATA_RATE", "OVERLOAD_IDLE_SECONDS", "TICK_SECONDS", "ClientNotReading",
+           "Connection", "DataTooSlow", "Endpoint", "MemoryTransport", "Overloaded",
+           "RequestTimeout", "ShutdownRequested", "TLSFailed", "TLSTransport", "TLSUnavailable",
+           "Transport", "Watch", "endpoint_of", "in_memory", "peer_name"]
 
 # Postfix's smtpd_min_data_rate default: octets per second that DATA must
 # average once it has lasted the timeout.
@@ -42,30 +56,8 @@ MIN_DATA_RATE = 500
 OVERLOAD_IDLE_SECONDS = 10.0
 # A Watch is consulted at least this often while the connection waits.
 TICK_SECONDS = 1.0
-# No single poll waits longer than this, whatever the timeout.
-MAX_POLL_SECONDS = 3600.0
 # Replies are sent once this much is pending, even mid-batch.
 WRITE_BUFFER = 64 * 1024
-# A write to a pipe or terminal of at most PIPE_BUF octets never blocks
-# once poll says it is writable.
-PIPE_WRITE = select.PIPE_BUF
-
-Endpoint = Union[socket.socket, int]
-
-# Sockets are read into this buffer, one per process (a worker serves one
-# session at a time): a large read then costs no large allocation.  (mmap
-# is imported with this module, not at the first read: by then --user may
-# have dropped the privileges that reach the Python installation.)
-_scratch = memoryview(b"")
-
-
-def _recv_buffer(size: int) -> memoryview:
-    global _scratch
-    if len(_scratch) < size:
-        # Anonymous memory: a page counts only once a read has filled it,
-        # so a worker that only saw small mails keeps a page or two.
-        _scratch = memoryview(mmap.mmap(-1, size))
-    return _scratch
 
 
 class ShutdownRequested(Exception):
@@ -90,15 +82,6 @@ class ClientNotReading(ConnectionError):
     such a client, so the connection is only closed."""
 
 
-class TLSFailed(ConnectionError):
-    """The TLS handshake failed or timed out; ``str()`` says why.  No reply
-    can be sent: the connection is only closed."""
-
-
-class TLSUnavailable(Exception):
-    """STARTTLS on something that is not a socket (``--inetd`` on a pipe)."""
-
-
 class Watch(Protocol):
     """The worker's view of a waiting connection: ``wake_fd`` becomes
     readable on a signal; ``check`` handles it and may raise
@@ -107,189 +90,6 @@ class Watch(Protocol):
     wake_fd: int
 
     def check(self, connection: Connection, reading: bool) -> None: ...
-
-
-class Transport:
-    """Reads from one endpoint and writes to another (the same socket, or
-    inetd's standard input and output): sockets without blocking, pipes and
-    terminals in pieces that cannot block."""
-
-    def __init__(self, reader: Endpoint, writer: Endpoint) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
-        """True when the endpoint is ready; False after ``seconds`` or on a wake-up."""
-        poller = select.poll()
-        poller.register(self.writer if writing else self.reader,
-                        select.POLLOUT if writing else select.POLLIN)
-        if wake_fd is not None:
-            poller.register(wake_fd, select.POLLIN)
-        wanted = self._fd(self.writer if writing else self.reader)
-        try:
-            events = poller.poll(max(0, int(min(seconds, MAX_POLL_SECONDS) * 1000)) + 1)
-        except InterruptedError:
-            return False
-        return any(fd == wanted for fd, _ in events)
-
-    def recv(self, size: int) -> bytes:
-        if isinstance(self.reader, socket.socket):
-            buffer = _recv_buffer(size)
-            return bytes(buffer[:self.reader.recv_into(buffer, size, socket.MSG_DONTWAIT)])
-        return os.read(self.reader, size)
-
-    def send(self, data: memoryview) -> int:
-        if isinstance(self.writer, socket.socket):
-            return self.writer.send(data, socket.MSG_DONTWAIT)
-        # A pipe or terminal stays blocking (it may be shared with other
-        # processes): write only what fits once poll says it is writable.
-        poller = select.poll()
-        poller.register(self.writer, select.POLLOUT)
-        if not poller.poll(0):
-            raise BlockingIOError()
-        return os.write(self.writer, data[:PIPE_WRITE])
-
-    @staticmethod
-    def _fd(endpoint: Endpoint) -> int:
-        return endpoint if isinstance(endpoint, int) else endpoint.fileno()
-
-    def close(self) -> None:
-        """FIN after the last reply, then close (the socket ends only)."""
-        for end in {id(self.reader): self.reader, id(self.writer): self.writer}.values():
-            if isinstance(end, socket.socket):
-                _shut(end)
-
-    def start_tls(self, context: Any) -> Transport:
-        """The TLS transport over this one's socket (not yet shaken hands)."""
-        if not isinstance(self.reader, socket.socket):
-            raise TLSUnavailable()
-        if self.writer is not self.reader and isinstance(self.writer, socket.socket):
-            self.writer.close()  # --inetd's second descriptor of the same socket
-        self.reader.setblocking(False)
-        try:
-            # OpenSSL writes its session tickets and then our first reply as
-            # separate small records: with Nagle's algorithm the reply waits
-            # for the client's delayed ACK, some 40 ms a session.
-            self.reader.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (a Unix socket under --inetd)
-        return TLSTransport(context.wrap_socket(self.reader, server_side=True,
-                                                do_handshake_on_connect=False))
-
-    @property
-    def tls(self) -> Optional[str]:
-        return None
-
-    @property
-    def can_start_tls(self) -> bool:
-        return isinstance(self.reader, socket.socket)
-
-
-class TLSTransport(Transport):
-    """Reads and writes through an ``ssl.SSLSocket`` that never blocks;
-    OpenSSL's want-read and want-write become waits of the connection."""
-
-    def __init__(self, tls: Any) -> None:
-        super().__init__(tls, tls)
-        self.socket = tls
-
-    def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
-        if not writing and self.socket.pending():
-            return True  # a record already decrypted: poll would not see it
-        return super().wait(writing, seconds, wake_fd)
-
-    def recv(self, size: int) -> bytes:
-        import ssl
-
-        try:
-            data: bytes = self.socket.recv(size)
-            return data
-        except ssl.SSLWantReadError:
-            raise BlockingIOError() from None
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""  # the client closed TLS: end of input
-
-    def send(self, data: memoryview) -> int:
-        import ssl
-
-        try:
-            sent: int = self.socket.send(data)
-            return sent
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            raise BlockingIOError() from None
-
-    def handshake(self) -> Optional[bool]:
-        """One step: None when done, else whether it must wait to write."""
-        import ssl
-
-        try:
-            self.socket.do_handshake()
-        except ssl.SSLWantReadError:
-            return False
-        except ssl.SSLWantWriteError:
-            return True
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
-            raise TLSFailed(str(reason).lower().replace("_", " ")) from None
-        return None
-
-    def start_tls(self, context: Any) -> Transport:
-        raise TLSUnavailable()
-
-    can_start_tls = False
-
-    @property
-    def tls(self) -> Optional[str]:
-        from msmtpd.net.tls_context import describe_session
-
-        cipher = self.socket.cipher()
-        return describe_session(self.socket.version(), cipher[0] if cipher else None)
-
-    def close(self) -> None:
-        """close_notify first (RFC 8446 section 6.1: the client can tell an
-        end from a cut), without waiting for the client's own."""
-        try:
-            self.socket.unwrap()
-        except (OSError, ValueError):
-            pass  # want-read (the alert is out), want-write or a client gone: close anyway
-        _shut(self.socket)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # the client is gone already
-    sock.close()
-
-
-class MemoryTransport(Transport):
-    """For tests and tools: reads from a ``recv`` function, writes to a
-    binary file (flushed on every send), never waits."""
-
-    def __init__(self, recv: Callable[[int], bytes], writer: IO[bytes]) -> None:
-        super().__init__(-1, -1)
-        self._recv_function = recv
-        self._file = writer
-
-    def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
-        return True
-
-    def start_tls(self, context: Any) -> Transport:
-        raise TLSUnavailable()
-
-    can_start_tls = False
-
-    def recv(self, size: int) -> bytes:
-        return self._recv_function(size)
-
-    def send(self, data: memoryview) -> int:
-        self._file.write(data)
-        self._file.flush()
-        return len(data)
-
-    def close(self) -> None:
-        pass
 
 
 class Connection(LineReader):
@@ -475,25 +275,4 @@ def in_memory(recv: Callable[[int], bytes], writer: IO[bytes], timeout: Optional
     return Connection(MemoryTransport(recv, writer), timeout, chunk_size=chunk_size,
                       data_chunk_size=chunk_size)
 
-
-def endpoint_of(fd: int) -> Endpoint:
-    """A socket object for a descriptor that is a socket (it may then be
-    read and written without blocking), else the descriptor itself."""
-    try:
-        if stat.S_ISSOCK(os.fstat(fd).st_mode):
-            return socket.socket(fileno=os.dup(fd))
-    except OSError:
-        pass
-    return fd
-
-
-def peer_name(endpoint: Endpoint) -> str:
-    """The client's IP address, or "" for a pipe or a Unix socket."""
-    if not isinstance(endpoint, socket.socket):
-        return ""
-    try:
-        address = endpoint.getpeername()
-    except OSError:
-        return ""
-    return str(address[0]) if isinstance(address, tuple) else ""
 

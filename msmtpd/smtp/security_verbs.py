@@ -1,18 +1,19 @@
-"""The session's STARTTLS (RFC 3207, RFC 8314) and AUTH (RFC 4954) verbs,
-as a mixin of :class:`msmtpd.smtp.session.Session`: who may send a password,
-when, and over what."""
+"""The session's STARTTLS (RFC 3207, RFC 8314) and AUTH (RFC 4954) verbs:
+who may send a password, when, and over what.  A base class of
+:class:`msmtpd.smtp.session.Session`; the state they use is
+:class:`msmtpd.smtp.session_state.SessionState`'s, and the decoding of
+what the client sends is :mod:`msmtpd.smtp.sasl`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import NamedTuple, Optional
+from typing import Optional, Union
 
 from msmtpd.base.logger import log
-from msmtpd.net.connection import Connection
-from msmtpd.smtp import replies
+from msmtpd.smtp import replies, sasl
 from msmtpd.smtp.replies import Reply
-from msmtpd.smtp.session_parts import Authenticator, Closed, Envelope, Settings
+from msmtpd.smtp.sasl import Credentials
+from msmtpd.smtp.session_parts import Authenticator, Closed
+from msmtpd.smtp.session_state import SessionState
 
 # A session that fails authentication this often is closed.
 MAX_AUTH_FAILURES = 3
@@ -23,30 +24,8 @@ MAX_AUTH_LINE = 4096
 NO_CREDENTIALS = (b"", b"")
 
 
-class Credentials(NamedTuple):
-    """What the client sent, exactly as bytes: nothing is decoded before
-    the comparison, so two different passwords can never become equal."""
-
-    user: bytes
-    password: bytes
-    authzid: bytes = b""  # AUTH PLAIN's authorization identity (RFC 4616)
-
-
-class SecurityVerbs:
-    """STARTTLS and AUTH; the state they use belongs to the Session."""
-
-    settings: Settings
-    connection: Connection
-    peer: str
-    helo: Optional[str]
-    esmtp: bool
-    envelope: Optional[Envelope]
-    authenticated_user: Optional[str]
-    auth_failures: int
-    tls: Optional[str]
-
-    def reply(self, reply: Reply, final: bool = False) -> bool:
-        raise NotImplementedError
+class SecurityVerbs(SessionState):
+    """STARTTLS and AUTH."""
 
     # -- TLS (RFC 3207, RFC 8314) ---------------------------------------
 
@@ -60,7 +39,7 @@ class SecurityVerbs:
         if not self.connection.can_start_tls:
             return replies.TLS_UNAVAILABLE
         self.reply(replies.READY_FOR_TLS, final=True)
-        self._start_tls()
+        log.info("%s: TLS started: %s", self.who, self.connection.start_tls(self.settings.tls))
         # RFC 3207 section 4.2: forget everything learnt in plain text.
         self.helo = None
         self.esmtp = False
@@ -68,22 +47,13 @@ class SecurityVerbs:
         self.authenticated_user = None
         return None
 
-    def _start_tls(self) -> None:
-        self.tls = self.connection.start_tls(self.settings.tls)
-        log.info("%s: TLS started: %s", self.peer or "client", self.tls)
-
-    def _auth_needs_tls(self) -> bool:
-        """With a certificate, a peer that is not on this machine may send
-        its password only under TLS (like aiosmtpd's auth_require_tls)."""
-        return self.settings.tls is not None and self.tls is None and not is_local(self.peer)
-
     # -- authentication (RFC 4954) --------------------------------------
 
     def smtp_AUTH(self, argument: str) -> Reply:
         auth = self.settings.auth
         if auth is None:
             return replies.NOT_IMPLEMENTED
-        if self._auth_needs_tls():
+        if self.auth_needs_tls():
             return replies.ENCRYPTION_REQUIRED
         if self.helo is None or not self.esmtp:
             return replies.NEED_HELO
@@ -103,7 +73,7 @@ class SecurityVerbs:
             return replies.AUTH_MECHANISM
         return self._authenticate(auth, exchange)
 
-    def _authenticate(self, auth: Authenticator, exchange: Credentials | Reply) -> Reply:
+    def _authenticate(self, auth: Authenticator, exchange: Union[Credentials, Reply]) -> Reply:
         """Check what the exchange gave.  Whatever it gave (nothing usable,
         an unknown name, a known one) costs the same delay and the same
         work, so the answer's time tells nothing."""
@@ -113,49 +83,39 @@ class SecurityVerbs:
             return exchange
         matched = auth.check(exchange.user, exchange.password)
         user = exchange.user.decode("utf-8", "replace")
-        # RFC 4616 section 2: an authorization identity other than the
-        # user's own would be acting as someone else, which no one may.
-        as_self = exchange.authzid in (b"", exchange.user)
+        as_self = sasl.acts_as_self(exchange)
         if matched and as_self:
             self.authenticated_user = user
-            log.info("%s: authenticated as %s", self.peer or "client", user)
+            log.info("%s: authenticated as %s", self.who, user)
             return replies.AUTH_OK
         auth.failed()
         self.auth_failures += 1
         if as_self:
-            log.info("%s: authentication failed for user %s", self.peer or "client", user)
+            log.info("%s: authentication failed for user %s", self.who, user)
             reply = replies.AUTH_FAILED
         else:
             log.info("%s: authentication failed for user %s: may not act as %s",
-                     self.peer or "client", user, exchange.authzid.decode("utf-8", "replace"))
+                     self.who, user, exchange.authzid.decode("utf-8", "replace"))
             reply = replies.AUTH_OTHER_IDENTITY
         if self.auth_failures >= MAX_AUTH_FAILURES:
             self.reply(reply)
             return replies.TOO_MANY_AUTH_FAILURES.format(host=self.settings.hostname)
         return reply
 
-    def _auth_plain(self, initial: str) -> Credentials | Reply:
-        decoded = self._answer("", initial)
-        if isinstance(decoded, Reply):
-            return decoded
-        if not decoded:
-            return replies.AUTH_PLAIN_EMPTY
-        parts = decoded.split(b"\0")
-        if len(parts) != 3:
-            return replies.AUTH_PLAIN_MALFORMED
-        authzid, user, password = parts
-        return Credentials(user, password, authzid)
+    def _auth_plain(self, initial: str) -> Union[Credentials, Reply]:
+        message = self._answer("", initial)
+        return message if isinstance(message, Reply) else sasl.plain_credentials(message)
 
-    def _auth_login(self, initial: str) -> Credentials | Reply:
-        user = self._answer("VXNlcm5hbWU6", initial)  # "Username:"
+    def _auth_login(self, initial: str) -> Union[Credentials, Reply]:
+        user = self._answer(sasl.LOGIN_USER_CHALLENGE, initial)
         if isinstance(user, Reply):
             return user
-        password = self._answer("UGFzc3dvcmQ6")  # "Password:"
+        password = self._answer(sasl.LOGIN_PASSWORD_CHALLENGE)
         if isinstance(password, Reply):
             return password
         return Credentials(user, password)
 
-    def _answer(self, challenge: str, initial: str = "") -> bytes | Reply:
+    def _answer(self, challenge: str, initial: str = "") -> Union[bytes, Reply]:
         """The client's answer, decoded: the initial response if it gave
         one, else what it sends back to a 334 ``challenge``."""
         if not initial:
@@ -163,12 +123,9 @@ class SecurityVerbs:
             if isinstance(response, Reply):
                 return response
             initial = response
-        if initial == "=":
-            return b""  # RFC 4954 section 4: an empty (initial) response
-        decoded = _b64decode(initial)
-        return replies.AUTH_BAD_BASE64 if decoded is None else decoded
+        return sasl.decode_response(initial)
 
-    def _challenge(self, challenge: str) -> str | Reply:
+    def _challenge(self, challenge: str) -> Union[str, Reply]:
         """Send a 334 and read the client's answer; ``*`` cancels."""
         self.reply(replies.AUTH_CHALLENGE.format(challenge=challenge), final=True)
         line = self.connection.readline(MAX_AUTH_LINE + 1)
@@ -179,25 +136,6 @@ class SecurityVerbs:
                 raise Closed()
             return replies.LINE_TOO_LONG
         answer = line.decode("ascii", "replace").strip()
-        if answer == "*":
+        if answer == sasl.CANCEL:
             return replies.AUTH_CANCELLED
         return answer
-
-    def _needs_auth(self) -> bool:
-        return self.settings.auth is not None and self.authenticated_user is None
-
-
-def is_local(peer: str) -> bool:
-    """A loopback address, or no network at all (a pipe)."""
-    if not peer:
-        return True
-    from msmtpd.policy.allow_list import addresses_of
-
-    return any(address.is_loopback for address in addresses_of(peer))
-
-
-def _b64decode(text: str) -> Optional[bytes]:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None

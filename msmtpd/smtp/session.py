@@ -11,14 +11,11 @@ answered and the session goes on, up to a bound on consecutive errors.
 from __future__ import annotations
 
 import re
-import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Type
 
-from msmtpd.base.config import is_number
-from msmtpd.base.logger import log
+from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.net.connection import (
     ClientNotReading,
-    Connection,
     DataTooSlow,
     Overloaded,
     ShutdownRequested,
@@ -26,34 +23,37 @@ from msmtpd.net.connection import (
     TLSUnavailable,
 )
 from msmtpd.smtp import replies
-from msmtpd.smtp.address import AddressError, parse_path, shell_unsafe_character, split_path
-from msmtpd.smtp.message import Spool, address_literal, receive_data
 from msmtpd.smtp.replies import Reply
-from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs, is_local
+from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs
 from msmtpd.smtp.session_parts import Authenticator, Closed, Deliver, Envelope, Settings
+from msmtpd.smtp.session_state import is_local
+from msmtpd.smtp.transaction_verbs import (
+    MAX_HELO_IN_HEADER,
+    MAX_RECIPIENT_OVERSHOOT,
+    MAX_RECIPIENTS,
+    TransactionVerbs,
+    sanitise_helo,
+)
 
-__all__ = ["MAX_AUTH_FAILURES", "Authenticator", "Closed", "Deliver", "Envelope", "Session", "Settings",
-           "is_local", "sanitise_helo"]
+__all__ = ["MAX_AUTH_FAILURES", "MAX_HELO_IN_HEADER", "MAX_RECIPIENTS", "Authenticator", "Closed",
+           "Deliver", "Envelope", "Session", "Settings", "is_local", "sanitise_helo"]
 
 
 # RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; SMTPUTF8
 # addresses and long parameter lists need more, so accept a few KiB and
 # answer anything longer with 500.
 MAX_COMMAND_LINE = 4096
-# RFC 5321 section 4.5.3.1.8 requires at least 100 recipients per message.
-MAX_RECIPIENTS = 1000
-# Like Postfix's smtpd_recipient_overshoot_limit: this many RCPTs past the
-# limit are answered 452 without counting as errors; the client is only
-# following RFC 5321 section 4.5.3.1.10 and sends the rest later.
-MAX_RECIPIENT_OVERSHOOT = 1000
 # Like Postfix's smtpd_hard_error_limit: this many errors in a row end the session.
 MAX_CONSECUTIVE_ERRORS = 20
-# A HELO/EHLO name longer than this is cut in the Received: header.
-MAX_HELO_IN_HEADER = 255
-
-BODY_TYPES = ("7BIT", "8BITMIME")
+# The gates, checked in this order by the one dispatch before a verb runs.
 # RFC 3207 section 4: what a client may do before STARTTLS with --tls-required.
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "HELP", "QUIT"})
+# RFC 5321 section 4.1.4: a transaction starts after a greeting (503).
+AFTER_GREETING = frozenset({"MAIL"})
+# Contract 8: with --auth or --auth-file, what is refused (530) until the
+# client has authenticated; EHLO, HELO, AUTH, STARTTLS, NOOP, RSET, HELP
+# and QUIT are answered, and so are the verbs not implemented at all (502).
+AFTER_AUTH = frozenset({"MAIL", "RCPT", "DATA", "VRFY", "EXPN"})
 # Under overload, only these commands, when accepted (a reply under 400),
 # move a session forward (EHLO and HELO only as its first greeting); NOOP,
 # RSET, HELP, VRFY, EXPN and refused commands are junk, as in Postfix's
@@ -65,12 +65,43 @@ GREETINGS = frozenset({b"EHLO", b"HELO"})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+class Ending(NamedTuple):
+    """How a session ends on an exception: the log line after the peer's
+    name (None: none), and the last reply (None: no reply can reach the
+    client, or none is owed)."""
+
+    exception: Type[BaseException]
+    message: Optional[str]  # formatted with {exc} and {unproductive} (seconds)
+    reply: Optional[Reply]  # formatted with {host}
+    level: int = INFO
+
+
+# Every way a session ends but QUIT and end of input; the first that
+# matches wins, so a subclass stands before its base (DataTooSlow is a
+# TimeoutError; TimeoutError, TLSFailed and ClientNotReading are OSErrors).
+ENDINGS = (
+    Ending(DataTooSlow, "data too slow (under the minimum rate); nothing delivered",
+           replies.DATA_TOO_SLOW),
+    Ending(TimeoutError, "idle timeout", replies.TIMEOUT),
+    Ending(ShutdownRequested, "closing for shutdown", replies.SHUTTING_DOWN),
+    Ending(Overloaded, "too busy: closing a session without progress for {unproductive:.0f} s"
+           " while clients wait", replies.OVERLOADED),
+    Ending(Closed, None, None),
+    Ending(TLSFailed, "TLS handshake failed: {exc}", None),
+    Ending(TLSUnavailable, "--tls-implicit needs a socket, not a pipe", None, ERROR),
+    Ending(ClientNotReading, "client does not read its replies; dropped", None),
+    Ending(OSError, "connection lost: {exc}", None),  # the connection broke
+)
+ENDING_EXCEPTIONS = tuple(ending.exception for ending in ENDINGS)
+
+
 Handler = Callable[["Session", str], Optional[Reply]]
 
 
-class Session(SecurityVerbs):
+class Session(TransactionVerbs, SecurityVerbs):
     """One SMTP conversation; :meth:`run` returns True when it ended with QUIT.
-    STARTTLS and AUTH come from :class:`SecurityVerbs`."""
+    Its state is :class:`SessionState`'s; MAIL, RCPT and DATA come from
+    :class:`TransactionVerbs`, STARTTLS and AUTH from :class:`SecurityVerbs`."""
 
     _verbs: Dict[str, Handler] = {}
 
@@ -78,105 +109,64 @@ class Session(SecurityVerbs):
         super().__init_subclass__()
         cls._verbs = _verb_table(cls)
 
-    def __init__(self, connection: Connection, settings: Settings,
-                 deliver: Deliver, peer: str = "") -> None:
-        self.connection = connection
-        self.settings = settings
-        self.deliver = deliver
-        self.peer = peer
-        self.helo: Optional[str] = None
-        self.esmtp = False
-        self.authenticated_user: Optional[str] = None
-        self.envelope: Optional[Envelope] = None
-        self.errors = 0
-        self._crlf = True  # the last command line ended in CRLF
-        self.auth_failures = 0
-        self.tls: Optional[str] = None  # "TLSv1.3 with ..." once TLS is up
-
-    @property
-    def idle(self) -> bool:
-        """Between transactions: closing now loses nothing."""
-        return self.envelope is None
-
     # -- the loop -------------------------------------------------------
 
     def run(self) -> bool:
         """Serve until QUIT (True) or until the client goes away, idles too
         long or makes too many mistakes (False)."""
-        host = self.settings.hostname
-        allow = self.settings.allow
-        if allow is not None and not allow.permits(self.peer):
-            # Before TLS and before anything else: a refused client costs one reply.
-            log.info("refused %s: not in --allow", self.peer or "a client with no address")
-            self.reply(replies.ACCESS_DENIED, final=True)
+        if not self._admitted():
             return False
         try:
-            if self.settings.tls is not None and self.settings.tls_implicit:
-                # RFC 8314: TLS from the first byte; one line says both.
-                self.tls = self.connection.start_tls(self.settings.tls)
-                log.info("session from %s over %s", self.peer or "unknown peer", self.tls)
-            else:
-                log.info("session from %s", self.peer or "unknown peer")
-            self.reply(replies.GREETING.format(host=host))
-            while True:
-                line = self.connection.readline(MAX_COMMAND_LINE + 1)
-                if not line:
-                    log.info("%s: client disconnected", self.peer or "client")
-                    return False
-                reply = self.handle_line(line)
-                if reply is None:
-                    continue
-                sent = self.reply(reply, final=reply.code in (221, 421))
-                if reply.code == 221:
-                    return sent
-                if reply.code == 421:
-                    return False
-        except DataTooSlow:
-            log.info("%s: data too slow (under the minimum rate); nothing delivered",
-                     self.peer or "client")
-            self.reply(replies.DATA_TOO_SLOW.format(host=host), final=True)
-            return False
-        except TimeoutError:
-            log.info("%s: idle timeout", self.peer or "client")
-            self.reply(replies.TIMEOUT.format(host=host), final=True)
-            return False
-        except ShutdownRequested:
-            log.info("%s: closing for shutdown", self.peer or "client")
-            self.reply(replies.SHUTTING_DOWN.format(host=host), final=True)
-            return False
-        except Overloaded:
-            log.info("%s: too busy: closing a session without progress for %.0f s while"
-                     " clients wait", self.peer or "client", self.connection.unproductive_seconds)
-            self.reply(replies.OVERLOADED.format(host=host), final=True)
-            return False
-        except Closed:
-            return False
-        except TLSFailed as exc:
-            log.info("%s: TLS handshake failed: %s", self.peer or "client", exc)
-            return False
-        except TLSUnavailable:
-            log.error("%s: --tls-implicit needs a socket, not a pipe", self.peer or "client")
-            return False
-        except ClientNotReading:
-            log.info("%s: client does not read its replies; dropped", self.peer or "client")
-            return False
-        except OSError as exc:  # the connection broke
-            log.info("%s: connection lost: %s", self.peer or "client", exc)
+            self._open()
+            return self._serve()
+        except ENDING_EXCEPTIONS as exc:
+            self._end(exc)
             return False
 
-    def reply(self, reply: Reply, final: bool = False) -> bool:
-        """Queue one reply; the connection sends queued replies together
-        before it waits for input (RFC 2920), ``final`` ones at once.
-        False when a final reply could not be sent."""
-        try:
-            self.connection.write(reply.encode())
-            if final:
-                self.connection.flush()
-        except OSError:
-            if not final:
-                raise  # run() says why the session ended
-            return False
-        return True
+    def _admitted(self) -> bool:
+        """--allow, before TLS and before anything else: a refused client
+        costs one reply."""
+        allow = self.settings.allow
+        if allow is None or allow.permits(self.peer):
+            return True
+        log.info("refused %s: not in --allow", self.peer or "a client with no address")
+        self.reply(replies.ACCESS_DENIED, final=True)
+        return False
+
+    def _open(self) -> None:
+        """Implicit TLS (RFC 8314: from the first byte) if asked, then the
+        greeting; one log line says both."""
+        if self.settings.tls is not None and self.settings.tls_implicit:
+            tls = self.connection.start_tls(self.settings.tls)
+            log.info("session from %s over %s", self.peer or "unknown peer", tls)
+        else:
+            log.info("session from %s", self.peer or "unknown peer")
+        self.reply(replies.GREETING.format(host=self.settings.hostname))
+
+    def _serve(self) -> bool:
+        """Answer command lines until QUIT (True), 421 or end of input."""
+        while True:
+            line = self.connection.readline(MAX_COMMAND_LINE + 1)
+            if not line:
+                log.info("%s: client disconnected", self.who)
+                return False
+            reply = self.handle_line(line)
+            if reply is None:
+                continue
+            sent = self.reply(reply, final=reply.code in (221, 421))
+            if reply.code == 221:
+                return sent
+            if reply.code == 421:
+                return False
+
+    def _end(self, exc: BaseException) -> None:
+        """Log why the session ends and send its last reply, as ENDINGS says."""
+        ending = next(ending for ending in ENDINGS if isinstance(exc, ending.exception))
+        if ending.message is not None:
+            log.log(ending.level, "%s: %s", self.who, ending.message.format(
+                exc=exc, unproductive=self.connection.unproductive_seconds))
+        if ending.reply is not None:
+            self.reply(ending.reply.format(host=self.settings.hostname), final=True)
 
     def handle_line(self, raw: bytes) -> Optional[Reply]:
         """Answer one command line; counts consecutive errors and tells the
@@ -195,7 +185,7 @@ class Session(SecurityVerbs):
         self.errors += 1
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
             self.reply(reply)
-            log.info("%s: too many errors", self.peer or "client")
+            log.info("%s: too many errors", self.who)
             return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
         return reply
 
@@ -211,18 +201,31 @@ class Session(SecurityVerbs):
                 if not self.connection.skip_line():
                     raise Closed()
                 return replies.LINE_TOO_LONG
-        self._crlf = raw.endswith(b"\r\n")
+        self.after_crlf = raw.endswith(b"\r\n")
         text = _decode_line(raw)
         if text is None:
             return replies.BAD_ENCODING
         verb, _, argument = text.partition(" ")
         # ASCII only: str.upper() would read "rſet" as RSET.
-        handler = self._verbs.get(verb.upper()) if verb.isascii() else None
+        verb = verb.upper() if verb.isascii() else ""
+        handler = self._verbs.get(verb)
         if handler is None:
             return replies.UNRECOGNISED
-        if self.settings.tls_required and self.tls is None and verb.upper() not in BEFORE_TLS:
-            return replies.TLS_REQUIRED
+        refused = self._gate(verb)
+        if refused is not None:
+            return refused
         return handler(self, argument.strip())
+
+    def _gate(self, verb: str) -> Optional[Reply]:
+        """What sets of verbs need first: TLS with --tls-required, a
+        greeting, then authentication with --auth."""
+        if self.settings.tls_required and self.tls is None and verb not in BEFORE_TLS:
+            return replies.TLS_REQUIRED
+        if verb in AFTER_GREETING and self.helo is None:
+            return replies.NEED_HELO
+        if verb in AFTER_AUTH and self.needs_auth():
+            return replies.AUTH_REQUIRED
+        return None
 
     # -- greeting and housekeeping --------------------------------------
 
@@ -241,7 +244,7 @@ class Session(SecurityVerbs):
         ]
         if self.settings.tls is not None and self.tls is None and self.connection.can_start_tls:
             lines.append("STARTTLS")
-        if self.settings.auth is not None and not self._auth_needs_tls():
+        if self.settings.auth is not None and not self.auth_needs_tls():
             lines.append("AUTH PLAIN LOGIN")
         lines.append("HELP")
         return Reply(250, "\n".join(lines))
@@ -272,15 +275,11 @@ class Session(SecurityVerbs):
         return replies.HELP.format(auth=extra)
 
     def smtp_VRFY(self, argument: str) -> Reply:
-        if self._needs_auth():
-            return replies.AUTH_REQUIRED
         if not argument:
             return replies.SYNTAX.format(usage="VRFY address")
         return replies.VRFY_CANNOT
 
     def smtp_EXPN(self, argument: str) -> Reply:
-        if self._needs_auth():
-            return replies.AUTH_REQUIRED
         return replies.EXPN_REFUSED
 
     def smtp_QUIT(self, argument: str) -> Reply:
@@ -291,162 +290,6 @@ class Session(SecurityVerbs):
 
     smtp_TURN = smtp_ETRN = smtp_ATRN = smtp_BDAT = _not_implemented
     smtp_SEND = smtp_SOML = smtp_SAML = _not_implemented
-
-    # -- the transaction ------------------------------------------------
-
-    def smtp_MAIL(self, argument: str) -> Reply:
-        if self.helo is None:
-            return replies.NEED_HELO
-        if self._needs_auth():
-            return replies.AUTH_REQUIRED
-        if self.envelope is not None:
-            return replies.NESTED_MAIL
-        rest = _strip_keyword(argument, "FROM:")
-        if rest is None:
-            return replies.SYNTAX.format(usage="MAIL FROM:<address> [parameters]")
-        try:
-            path, params = split_path(rest)
-        except AddressError as exc:
-            return replies.BAD_ADDRESS.format(reason=exc)
-        envelope = Envelope()
-        problem = self._mail_parameters(params, envelope)
-        if problem is not None:
-            return problem
-        sender = self._check_path(path, envelope, allow_null=True)
-        if isinstance(sender, Reply):
-            return sender
-        user, senders = self.authenticated_user, self.settings.senders
-        if user is not None and senders is not None and not senders.may_send(user, sender):
-            log.info("%s: user %s may not send as <%s> (--senders)", self.peer or "client",
-                     user, sender)
-            return replies.SENDER_NOT_ALLOWED
-        envelope.sender = sender
-        self.envelope = envelope
-        return replies.SENDER_OK
-
-    def _mail_parameters(self, params: str, envelope: Envelope) -> Optional[Reply]:
-        """RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8."""
-        for param in params.split():
-            name, _, value = param.partition("=")
-            name = name.upper()
-            if name == "SIZE":
-                if not is_number(value):
-                    return replies.BAD_SIZE
-                limit = self.settings.max_size
-                # Over 20 digits is over any limit (and int() refuses 4300).
-                if limit and (len(value) > 20 or int(value) > limit):
-                    return replies.MESSAGE_TOO_BIG.format(limit=limit)
-            elif name == "BODY":
-                if value.upper() not in BODY_TYPES:
-                    return replies.BAD_BODY
-                envelope.body = value.upper()
-            elif name == "SMTPUTF8" and not value:
-                envelope.smtputf8 = True
-            else:
-                return replies.UNKNOWN_PARAMETER.format(name=name)
-        return None
-
-    def _check_path(self, path: str, envelope: Envelope, allow_null: bool) -> str | Reply:
-        try:
-            address = parse_path(path, envelope.smtputf8, allow_null).address
-        except AddressError as exc:
-            if exc.needs_utf8:
-                return replies.NEEDS_SMTPUTF8
-            if exc.policy:
-                return replies.ADDRESS_REFUSED.format(reason=exc)
-            return replies.BAD_ADDRESS.format(reason=exc)
-        if self.settings.shell_safe:
-            unsafe = shell_unsafe_character(address)
-            if unsafe is not None:
-                return replies.ADDRESS_REFUSED.format(
-                    reason=f"character {unsafe} is not allowed (--shell-safe-addresses)")
-        return address
-
-    def smtp_RCPT(self, argument: str) -> Reply:
-        if self._needs_auth():
-            return replies.AUTH_REQUIRED
-        envelope = self.envelope
-        if envelope is None:
-            return replies.NEED_MAIL
-        rest = _strip_keyword(argument, "TO:")
-        if rest is None:
-            return replies.SYNTAX.format(usage="RCPT TO:<address>")
-        try:
-            path, params = split_path(rest)
-        except AddressError as exc:
-            return replies.BAD_ADDRESS.format(reason=exc)
-        if params:
-            return replies.UNKNOWN_PARAMETER.format(name=params.split()[0].partition("=")[0].upper())
-        if len(envelope.recipients) >= MAX_RECIPIENTS:
-            envelope.overshoot += 1
-            return replies.TOO_MANY_RECIPIENTS
-        address = self._check_path(path, envelope, allow_null=False)
-        if isinstance(address, Reply):
-            return address
-        envelope.recipients.append(address)
-        return replies.RECIPIENT_OK
-
-    def smtp_DATA(self, argument: str) -> Optional[Reply]:
-        if self._needs_auth():
-            return replies.AUTH_REQUIRED
-        envelope = self.envelope
-        if envelope is None:
-            return replies.NEED_MAIL
-        if not envelope.recipients:
-            return replies.NEED_RCPT
-        if argument:
-            return replies.SYNTAX.format(usage="DATA")
-        self.reply(replies.START_DATA)  # the connection sends it before it reads
-        spool = Spool(self.settings.max_size, self.settings.spool_dir)
-        self.connection.begin_data()
-        try:
-            spool.write(self._received_header(envelope), counted=False)
-            if not receive_data(self.connection, spool, after_crlf=self._crlf):
-                log.info("%s: client disconnected during DATA; nothing delivered",
-                         self.peer or "client")
-                raise Closed()
-            self.connection.end_data()
-            self.envelope = None
-            return self._finish(envelope, spool)
-        finally:
-            self.connection.end_data()
-            spool.close()
-
-    def _finish(self, envelope: Envelope, spool: Spool) -> Reply:
-        """Answer the final dot: errors found while receiving come first."""
-        if spool.too_big:
-            log.info("%s: message from <%s> refused: %d octets over the limit of %d",
-                     self.peer or "client", envelope.sender, spool.size, spool.max_size)
-            return replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
-        if spool.error is not None:
-            log.error("%s: cannot spool message: %s", self.peer or "client", spool.error)
-            return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
-        return self.deliver(envelope, spool)
-
-    def _received_header(self, envelope: Envelope) -> bytes:
-        """RFC 5321 section 4.4 trace header; the client's HELO name is
-        sanitised so it cannot inject header lines."""
-        helo = sanitise_helo(self.helo or "")
-        # RFC 3848 and RFC 6531: ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPSA ...
-        protocol = "UTF8SMTP" if envelope.smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
-        if self.tls is not None and protocol != "SMTP":
-            protocol += "S"
-        if self.authenticated_user is not None:
-            protocol += "A"
-        tls = f" ({self.tls})" if self.tls is not None else ""
-        date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
-        peer = address_literal(self.peer) if self.peer else "[local]"
-        return (
-            f"Received: from {helo} ({peer})\n"
-            f"\tby {self.settings.hostname} (msmtpd) with {protocol}{tls};\n"
-            f"\t{date}\n"
-        ).encode()
-
-
-def sanitise_helo(name: str) -> str:
-    """Printable ASCII only, no comment delimiters, bounded length."""
-    cleaned = "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "?" for c in name)
-    return cleaned[:MAX_HELO_IN_HEADER] or "unknown"
 
 
 def _decode_line(raw: bytes) -> Optional[str]:
@@ -463,13 +306,6 @@ def _decode_line(raw: bytes) -> Optional[str]:
     if _CONTROL.search(text):
         return None
     return text.strip()
-
-
-def _strip_keyword(argument: str, keyword: str) -> Optional[str]:
-    """``FROM:<a>`` or ``FROM: <a>`` (accepted, as most servers do)."""
-    if argument[: len(keyword)].upper() != keyword:
-        return None
-    return argument[len(keyword) :].strip()
 
 
 def _verb_table(cls: type) -> Dict[str, Handler]:

@@ -1,4 +1,4 @@
-"""What the session shares with its verb mixins and with the code that
+"""What the session shares with its verbs and with the code that
 builds it: the settings, the envelope, and the hooks for delivery and
 authentication."""
 

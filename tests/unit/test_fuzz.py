@@ -36,8 +36,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from msmtpd.net.connection import ShutdownRequested, in_memory
-from msmtpd.smtp import message, replies
-from msmtpd.smtp import session as session_module
+from msmtpd.smtp import message, replies, transaction_verbs
 from msmtpd.smtp.message import Spool
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.session import MAX_COMMAND_LINE, MAX_CONSECUTIVE_ERRORS, Envelope, Session, Settings
@@ -275,7 +274,7 @@ def run_session(data: bytes, sizes: Sequence[int] = (), end: str = "eof",
 
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(message, "MAX_BUFFERED_LINE", knobs.buffered_line))
-        stack.enter_context(mock.patch.object(session_module, "Spool", small_spool))
+        stack.enter_context(mock.patch.object(transaction_verbs, "Spool", small_spool))
         stack.enter_context(time_limit(RUN_SECONDS))
         connection = in_memory(wire.recv, out, chunk_size=reader_chunk)
         ended_with_quit = Session(connection, config, recorder, PEER).run()

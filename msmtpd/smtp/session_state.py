@@ -1,0 +1,73 @@
+"""What one SMTP conversation knows, declared once: the base class of the
+session and of its verbs, so that the STARTTLS and AUTH verbs and the
+command loop read the same attributes without declaring them again."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from msmtpd.net.connection import Connection
+from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.session_parts import Deliver, Envelope, Settings
+
+
+class SessionState:
+    """The peer, the greeting, the envelope, who authenticated, and the one
+    way to send a reply."""
+
+    def __init__(self, connection: Connection, settings: Settings,
+                 deliver: Deliver, peer: str = "") -> None:
+        self.connection = connection
+        self.settings = settings
+        self.deliver = deliver
+        self.peer = peer  # the client's address, "" for a pipe
+        self.who = peer or "client"  # the peer as a log line names it
+        self.helo: Optional[str] = None
+        self.esmtp = False
+        self.authenticated_user: Optional[str] = None
+        self.envelope: Optional[Envelope] = None
+        self.errors = 0  # error replies in a row
+        self.auth_failures = 0
+        self.after_crlf = True  # the last command line ended in CRLF
+
+    @property
+    def tls(self) -> Optional[str]:
+        """``TLSv1.3 with ...`` once TLS is up, else None: the connection's."""
+        return self.connection.tls
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions: closing now loses nothing."""
+        return self.envelope is None
+
+    def reply(self, reply: Reply, final: bool = False) -> bool:
+        """Queue one reply; the connection sends queued replies together
+        before it waits for input (RFC 2920), ``final`` ones at once.
+        False when a final reply could not be sent."""
+        try:
+            self.connection.write(reply.encode())
+            if final:
+                self.connection.flush()
+        except OSError:
+            if not final:
+                raise  # run() says why the session ended
+            return False
+        return True
+
+    def needs_auth(self) -> bool:
+        """``--auth`` or ``--auth-file`` and nobody authenticated yet."""
+        return self.settings.auth is not None and self.authenticated_user is None
+
+    def auth_needs_tls(self) -> bool:
+        """With a certificate, a peer that is not on this machine may send
+        its password only under TLS (like aiosmtpd's auth_require_tls)."""
+        return self.settings.tls is not None and self.tls is None and not is_local(self.peer)
+
+
+def is_local(peer: str) -> bool:
+    """A loopback address, or no network at all (a pipe)."""
+    if not peer:
+        return True
+    from msmtpd.policy.allow_list import addresses_of
+
+    return any(address.is_loopback for address in addresses_of(peer))

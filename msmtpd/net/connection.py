@@ -1,6 +1,6 @@
 """The connection layer: everything between a file descriptor and the session.
 
-It owns buffering, the per-request deadlines of contract 6, the overload
+It owns buffering, the per-request deadlines of contract 6 (docs/architecture.md), the overload
 and stop checks of the worker (through a :class:`Watch`), TLS (STARTTLS and
 implicit, the handshake bound by the same deadlines) and the peer address.
 How bytes cross each kind of endpoint is :mod:`msmtpd.net.transports`;

@@ -357,7 +357,12 @@ def test_deliverer_runs_the_command_and_logs(tmp_path: Path, caplog: pytest.LogC
     """Deliverer passes envelope and spool to the command and logs status and stderr."""
     from msmtpd.base.logger import log
 
-    monkeypatch.setattr(log, "logger", logging.getLogger("msmtpd"))  # as logs.install() does
+    logger = logging.getLogger("msmtpd")
+    monkeypatch.setattr(log, "logger", logger)  # as logs.install() does
+    # An earlier test of this process may have installed a log target,
+    # which stops propagation to caplog's handler and may silence the logger.
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "disabled", False)
     out = tmp_path / "mail"
     deliverer = Deliverer(PipeCommand(f"cat > {q(out)}; echo oops >&2; printf '%s\\n' %F > {q(out)}.args"),
                           10, peer="192.0.2.1")

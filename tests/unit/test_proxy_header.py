@@ -5,8 +5,6 @@ never an octet of SMTP behind it)."""
 from __future__ import annotations
 
 import io
-import socket
-import struct
 from typing import List
 
 import pytest
@@ -16,13 +14,13 @@ from hypothesis import strategies as st
 from msmtpd.net.connection import in_memory
 from msmtpd.net.proxy_header import (
     V1_MAX_LENGTH,
-    V2_SIGNATURE,
     Needed,
     ProxyHeader,
     ProxyHeaderError,
     parse,
 )
 from msmtpd.net.proxy_intake import read_proxy_header
+from tests.support.proxy_headers import v2, v2_inet
 
 V1_TCP4 = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n"
 V1_TCP6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 25\r\n"
@@ -32,18 +30,12 @@ V1_LONGEST = (b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n"
               .replace(b"f...f", b"ffff:ffff:ffff:ffff:ffff:ffff"))
 
 
-def v2(command: int = 0x21, family: int = 0x11, body: bytes = b"", length: int = -1) -> bytes:
-    return V2_SIGNATURE + struct.pack("!BBH", command, family, len(body) if length < 0 else length) + body
+def inet4(tlvs: bytes = b"") -> bytes:
+    return v2_inet("192.0.2.7", "198.51.100.1", tlvs=tlvs)
 
 
-def inet4(source: str = "192.0.2.7", destination: str = "198.51.100.1", tlvs: bytes = b"") -> bytes:
-    return v2(body=socket.inet_aton(source) + socket.inet_aton(destination)
-              + struct.pack("!HH", 40000, 25) + tlvs)
-
-
-def inet6(source: str = "2001:db8::7", destination: str = "2001:db8::1") -> bytes:
-    return v2(family=0x21, body=socket.inet_pton(socket.AF_INET6, source)
-              + socket.inet_pton(socket.AF_INET6, destination) + struct.pack("!HH", 40000, 25))
+def inet6() -> bytes:
+    return v2_inet("2001:db8::7", "2001:db8::1")
 
 
 def complete(data: bytes) -> ProxyHeader:

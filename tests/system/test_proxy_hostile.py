@@ -85,7 +85,8 @@ def test_a_header_and_session_in_one_byte_writes_is_served(daemon: Daemon, heade
     served(daemon, header + SESSION, "203.0.113.9", "[203.0.113.9]", trickle=True)
 
 
-@pytest.mark.parametrize("header", [v2(command=PROXY_V2_LOCAL), b"PROXY UNKNOWN\r\n"], ids=["v2-local", "v1-unknown"])
+@pytest.mark.parametrize("header", [v2(command=PROXY_V2_LOCAL), b"PROXY UNKNOWN\r\n"],
+                         ids=["v2-local", "v1-unknown"])
 def test_local_and_unknown_keep_the_connection_address(daemon: Daemon, header: bytes) -> None:
     served(daemon, header + SESSION, "127.0.0.1", "[127.0.0.1]")
 

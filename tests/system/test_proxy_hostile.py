@@ -16,7 +16,7 @@ import pytest
 from tests import helpers
 from tests.helpers import WAIT
 from tests.support.proxy_headers import PROXY_V2_LOCAL, v1, v2, v2_inet
-from tests.support.tls_daemons import Daemon, run_daemons, stop_daemons
+from tests.support.tls_daemons import Certs, Daemon, run_daemons, stop_daemons
 
 TIMEOUT = 2.0
 SESSION = b"EHLO behind.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n" \
@@ -149,5 +149,23 @@ def test_allow_judges_the_proxied_client_and_admits_the_proxy_itself(tmp_path: P
         served(daemon, v2(command=PROXY_V2_LOCAL) + SESSION, "127.0.0.1", "[127.0.0.1]")
         # A client that reaches msmtpd directly, not through the proxy, is judged as itself.
         assert exchange(daemon.port, SESSION, source="127.0.0.2") == b"554 5.7.1 Access denied\r\n"
+    finally:
+        stop_daemons([daemon])
+
+
+def test_the_remote_auth_rule_judges_the_proxied_client(tmp_path: Path, certs: Certs) -> None:
+    """With a certificate, AUTH in clear text is for loopback clients alone:
+    a client the proxy names from afar gets 538, the proxy's LOCAL check
+    (its own loopback address) may authenticate."""
+    daemon = Daemon(tmp_path, "auth", ["--proxy-protocol=127.0.0.1", "--auth=relay,echo secret",
+                                       f"--tls-cert={certs.cert}", f"--tls-key={certs.key}"],
+                    timeout=TIMEOUT)
+    run_daemons(daemon)
+    auth = f"EHLO x\r\nAUTH PLAIN {helpers.auth_plain('relay', 'secret')}\r\nQUIT\r\n".encode()
+    try:
+        far = exchange(daemon.port, v1("192.0.2.7") + auth)
+        assert b"\r\n538 5.7.11 " in far and b"\r\n235 " not in far, far
+        near = exchange(daemon.port, v2(command=PROXY_V2_LOCAL) + auth)
+        assert b"\r\n235 " in near, near
     finally:
         stop_daemons([daemon])

@@ -50,7 +50,8 @@ class Service:
             log.info("%s: closed without a greeting: %s", peer, exc)
             return None
         log.info("%s: %s", peer, header.describe())
-        return header.source or peer
+        connection.peer = header.source or peer  # one peer for everything (contract 12)
+        return connection.peer
 
     def session(self, connection: Connection, peer: str,
                 interrupt: Optional[Interrupt] = None) -> Session:

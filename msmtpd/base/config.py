@@ -76,6 +76,7 @@ class Config:
     auth_file: Optional[str]
     senders: Optional[str]  # an absolute path
     allow: List[Network]
+    proxy_protocol: List[Network]  # the proxies whose PROXY header names the client
     check: bool
     queue: Optional[str]  # --queue (store and forward) and its companions
     queue_workers: int
@@ -150,14 +151,14 @@ def parse_auth(text: str) -> tuple[str, Optional[str]]:
     return user, (passwordeval if comma else None)
 
 
-def parse_network(text: str) -> Network:
+def parse_network(text: str, option: str = "--allow") -> Network:
     """``10.0.0.0/8``, ``2001:db8::/32``, or a plain address (a /32 or /128)."""
-    import ipaddress  # a few ms: only when --allow is given
+    import ipaddress  # a few ms: only when --allow or --proxy-protocol is given
 
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise ConfigError(f"invalid --allow '{text[:60]}': expected an IPv4 or IPv6 address"
+        raise ConfigError(f"invalid {option} '{text[:60]}': expected an IPv4 or IPv6 address"
                           " or network (10.0.0.0/8, fd00::/8)") from None
 
 

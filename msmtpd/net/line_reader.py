@@ -71,6 +71,20 @@ class LineReader:
             self._fill(self._data_chunk_size)
         return self._take(len(self._buffer))
 
+    @property
+    def buffered(self) -> bytes:
+        """What was read but not yet taken."""
+        return self._buffer
+
+    def read_more(self, most: int) -> bool:
+        """One read of at most ``most`` octets into the buffer (a header
+        must not swallow what follows it); False at end of input."""
+        return self._fill(most)
+
+    def take(self, count: int) -> bytes:
+        """The first ``count`` buffered octets, removed from the buffer."""
+        return self._take(count)
+
     def discard_buffered(self) -> None:
         """Forget what was read but not yet taken (before STARTTLS)."""
         self._buffer = b""

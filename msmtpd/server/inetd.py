@@ -47,7 +47,10 @@ def run_inetd(config: Config, tls_context: Any = None) -> int:
     peer = peer_name(reader)
     connection = Connection(Transport(reader, writer), config.timeout, watch=signals, peer=peer)
     try:
-        ended_well = service.session(connection, peer, interrupt=signals).run()
+        client = service.client_of(connection, peer)
+        if client is None:
+            return EXIT_FAILURE  # a trusted proxy's header was wrong: no greeting
+        ended_well = service.session(connection, client, interrupt=signals).run()
     finally:
         connection.close()
     return EXIT_OK if ended_well else EXIT_FAILURE

@@ -7,6 +7,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Optional
 
 from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.logger import log
 from msmtpd.delivery.pipe_command import Deliverer, Interrupt, PipeCommand
 from msmtpd.net.connection import Connection
 from msmtpd.smtp.session import Session, Settings
@@ -14,6 +15,8 @@ from msmtpd.smtp.session_parts import Deliver
 
 if TYPE_CHECKING:
     import logging
+
+    from msmtpd.policy.allow_list import AllowList
 
 
 # What a session imports only when it first needs it (a message over the
@@ -29,6 +32,26 @@ class Service:
         self.command = command
         self.settings = settings
         self.log_handler = log_handler
+        self.proxies: Optional[AllowList] = None  # --proxy-protocol: who may send a header
+
+    def client_of(self, connection: Connection, peer: str) -> Optional[str]:
+        """Who the session serves (contract 12): the connection's own
+        ``peer``, or, from a trusted proxy (``--proxy-protocol``), the client
+        its header names; None when that header is missing or wrong and the
+        connection must close without a greeting (one log line says why)."""
+        if self.proxies is None or not self.proxies.permits(peer):
+            return peer  # not a listed proxy: plain SMTP, a PROXY line is a command (500)
+        from msmtpd.net.proxy_header import ProxyHeaderError
+        from msmtpd.net.proxy_intake import read_proxy_header
+
+        try:
+            header = read_proxy_header(connection)
+        except ProxyHeaderError as exc:
+            log.info("%s: closed without a greeting: %s", peer, exc)
+            return None
+        log.info("%s: %s", peer, header.describe())
+        connection.peer = header.source or peer  # one peer for everything (contract 12)
+        return connection.peer
 
     def session(self, connection: Connection, peer: str,
                 interrupt: Optional[Interrupt] = None) -> Session:
@@ -85,5 +108,13 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
     if config.allow:
         from msmtpd.policy.allow_list import AllowList
 
-        settings.allow = AllowList(config.allow)
-    return Service(config, command, settings, handler)
+        # A listed proxy may always connect (its health checks keep its
+        # own address); the clients it vouches for are judged by --allow.
+        settings.allow = AllowList([*config.allow, *config.proxy_protocol])
+    service = Service(config, command, settings, handler)
+    if config.proxy_protocol:  # imported now, while --user's drop is still ahead
+        from msmtpd.net import proxy_header, proxy_intake  # noqa: F401
+        from msmtpd.policy.allow_list import AllowList
+
+        service.proxies = AllowList(config.proxy_protocol)
+    return service

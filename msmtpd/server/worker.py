@@ -175,8 +175,13 @@ class Worker:
         try:
             wire = Connection(Transport(connection, connection), self.service.config.timeout,
                               watch=self, peer=peer)
-            self.session = self.service.session(wire, peer, interrupt=self)
             try:
+                client = self.service.client_of(wire, peer)
+                if client is None:
+                    return  # a trusted proxy's header was wrong: no greeting
+                if client != peer:
+                    set_title(f"session {client} via {peer}")
+                self.session = self.service.session(wire, client, interrupt=self)
                 self.session.run()
             finally:
                 wire.close()

@@ -135,6 +135,7 @@ class ChunkingVerbs(TransactionVerbs):
     def discard_chunk(self, size: int) -> None:
         """Read and drop the octets of a refused chunk (RFC 3030 section 2)."""
         if self.connection.receive_octets(size, _drop) < size:
+            log.info("%s: client disconnected", self.who)
             raise Closed()
 
     def discard_refused(self, verb: str, argument: str) -> None:

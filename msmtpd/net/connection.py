@@ -151,6 +151,16 @@ class Connection(LineReader):
             self._progress_pending = True
         self._data_started = None
 
+    def receive_octets(self, count: int, sink: Callable[[bytes], None]) -> int:
+        """A BDAT chunk (RFC 3030): exactly ``count`` octets to ``sink``
+        under DATA's deadlines (silence bounded by the timeout, then the
+        minimum rate); how many arrived, fewer only at end of input."""
+        self.begin_data()
+        try:
+            return self.read_octets(count, sink)
+        finally:
+            self.end_data()
+
     def write(self, data: bytes) -> None:
         self._out += data
         if len(self._out) >= WRITE_BUFFER:

@@ -85,6 +85,19 @@ class LineReader:
         """The first ``count`` buffered octets, removed from the buffer."""
         return self._take(count)
 
+    def read_octets(self, count: int, sink: Callable[[bytes], None]) -> int:
+        """Hand exactly ``count`` octets to ``sink`` in pieces (a BDAT chunk,
+        RFC 3030), taking no byte past them; returns how many arrived, fewer
+        only at end of input."""
+        remaining = count
+        while remaining > 0:
+            if not self._buffer and not self._fill(self._data_chunk_size):
+                break
+            piece = self._take(min(remaining, len(self._buffer)))
+            remaining -= len(piece)
+            sink(piece)
+        return count - remaining
+
     def discard_buffered(self) -> None:
         """Forget what was read but not yet taken (before STARTTLS)."""
         self._buffer = b""

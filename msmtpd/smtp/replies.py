@@ -34,7 +34,7 @@ BYE = Reply(221, "2.0.0 {host} closing connection")
 HELP = Reply(
     214,
     "2.0.0 Commands supported:\n"
-    "2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP VRFY EXPN HELP QUIT{auth}\n"
+    "2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN HELP QUIT{auth}\n"
     "2.0.0 Mail is piped to a local command for delivery",
 )
 OK = Reply(250, "2.0.0 OK")
@@ -43,6 +43,7 @@ SENDER_OK = Reply(250, "2.1.0 Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5 Recipient OK")
 RESET_OK = Reply(250, "2.0.0 Reset OK")
 VRFY_CANNOT = Reply(252, "2.5.2 Cannot verify the user, but will accept mail for it")
+CHUNK_OK = Reply(250, "2.0.0 {size} octets received")
 START_DATA = Reply(354, "End data with <CR><LF>.<CR><LF>")
 READY_FOR_TLS = Reply(220, "2.0.0 Ready to start TLS")
 
@@ -62,6 +63,9 @@ BAD_ENCODING = Reply(500, "5.5.2 Command is not valid UTF-8 or contains control 
 SYNTAX = Reply(501, "5.5.4 Syntax: {usage}")
 BAD_ADDRESS = Reply(501, "5.1.3 Bad address syntax: {reason}")
 BAD_BODY = Reply(501, "5.5.4 BODY must be 7BIT or 8BITMIME")
+# RFC 3030 section 2: chunk-size is 1*DIGIT, end-marker "LAST".
+BDAT_SYNTAX = Reply(501, "5.5.4 Syntax: BDAT size [LAST]")
+BDAT_SIZE_TOO_LARGE = Reply(501, "5.5.4 BDAT size must be a number of at most {digits} digits")
 BAD_SIZE = Reply(501, "5.5.4 SIZE must be a number of octets")
 NOT_IMPLEMENTED = Reply(502, "5.5.1 Command not implemented")
 EXPN_REFUSED = Reply(502, "5.5.1 EXPN is not supported")
@@ -69,6 +73,8 @@ NEED_HELO = Reply(503, "5.5.1 Send EHLO or HELO first")
 NEED_MAIL = Reply(503, "5.5.1 Send MAIL FROM first")
 NEED_RCPT = Reply(503, "5.5.1 Send RCPT TO first")
 NESTED_MAIL = Reply(503, "5.5.1 Sender already given; send RSET to start over")
+# RFC 3030 section 3: DATA and BDAT cannot be mixed in one transaction.
+DATA_AFTER_BDAT = Reply(503, "5.5.1 DATA cannot follow BDAT in one transaction; send RSET")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1 Already authenticated")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1 TLS already active")
 TLS_REQUIRED = Reply(530, "5.7.0 Must issue a STARTTLS command first")
@@ -90,6 +96,8 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4 Message exceeds the size limit of {limit} oc
 ADDRESS_REFUSED = Reply(553, "5.1.3 Address refused: {reason}")
 SENDER_NOT_ALLOWED = Reply(553, "5.7.1 Sender address not allowed for this user")
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7 Non-ASCII address requires the SMTPUTF8 parameter")
+# RFC 3030 section 3: BINARYMIME is not offered.
+BINARYMIME_REFUSED = Reply(555, "5.5.4 BODY=BINARYMIME is not supported; use 7BIT or 8BITMIME")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4 Unsupported parameter {name}")
 
 ACCESS_DENIED = Reply(554, "5.7.1 Access denied")

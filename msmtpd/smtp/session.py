@@ -23,6 +23,7 @@ from msmtpd.net.connection import (
     TLSUnavailable,
 )
 from msmtpd.smtp import replies
+from msmtpd.smtp.chunking import ChunkingVerbs
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs
 from msmtpd.smtp.session_parts import Authenticator, Closed, Deliver, Envelope, Settings
@@ -31,7 +32,6 @@ from msmtpd.smtp.transaction_verbs import (
     MAX_HELO_IN_HEADER,
     MAX_RECIPIENT_OVERSHOOT,
     MAX_RECIPIENTS,
-    TransactionVerbs,
     sanitise_helo,
 )
 
@@ -53,7 +53,7 @@ AFTER_GREETING = frozenset({"MAIL"})
 # Contract 8: with --auth or --auth-file, what is refused (530) until the
 # client has authenticated; EHLO, HELO, AUTH, STARTTLS, NOOP, RSET, HELP
 # and QUIT are answered, and so are the verbs not implemented at all (502).
-AFTER_AUTH = frozenset({"MAIL", "RCPT", "DATA", "VRFY", "EXPN"})
+AFTER_AUTH = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "VRFY", "EXPN"})
 # Under overload, only these commands, when accepted (a reply under 400),
 # move a session forward (EHLO and HELO only as its first greeting); NOOP,
 # RSET, HELP, VRFY, EXPN and refused commands are junk, as in Postfix's
@@ -98,10 +98,11 @@ ENDING_EXCEPTIONS = tuple(ending.exception for ending in ENDINGS)
 Handler = Callable[["Session", str], Optional[Reply]]
 
 
-class Session(TransactionVerbs, SecurityVerbs):
+class Session(ChunkingVerbs, SecurityVerbs):
     """One SMTP conversation; :meth:`run` returns True when it ended with QUIT.
     Its state is :class:`SessionState`'s; MAIL, RCPT and DATA come from
-    :class:`TransactionVerbs`, STARTTLS and AUTH from :class:`SecurityVerbs`."""
+    :class:`TransactionVerbs`, BDAT from :class:`ChunkingVerbs`, STARTTLS
+    and AUTH from :class:`SecurityVerbs`."""
 
     _verbs: Dict[str, Handler] = {}
 
@@ -180,7 +181,9 @@ class Session(TransactionVerbs, SecurityVerbs):
         if reply is None or not reply.is_error:
             self.errors = 0
             return reply
-        if reply.code == 421 or self._overshooting(reply):
+        # Chunks sent behind one that failed (RFC 3030 section 2) are no new
+        # mistakes: they were on their way before the client knew.
+        if reply.code == 421 or self._overshooting(reply) or self.repeating_refusal:
             return reply
         self.errors += 1
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
@@ -201,6 +204,7 @@ class Session(TransactionVerbs, SecurityVerbs):
                 if not self.connection.skip_line():
                     raise Closed()
                 return replies.LINE_TOO_LONG
+        self.repeating_refusal = False
         self.after_crlf = raw.endswith(b"\r\n")
         text = _decode_line(raw)
         if text is None:
@@ -209,10 +213,13 @@ class Session(TransactionVerbs, SecurityVerbs):
         # ASCII only: str.upper() would read "rſet" as RSET.
         verb = verb.upper() if verb.isascii() else ""
         handler = self._verbs.get(verb)
+        if verb != "BDAT":
+            self.refused_chunks = None  # the failed BDAT transaction's chunks are over
         if handler is None:
             return replies.UNRECOGNISED
         refused = self._gate(verb)
         if refused is not None:
+            self.discard_refused(verb, argument.strip())
             return refused
         return handler(self, argument.strip())
 
@@ -241,6 +248,7 @@ class Session(TransactionVerbs, SecurityVerbs):
             "SMTPUTF8",
             f"SIZE {size}" if size else "SIZE",
             "ENHANCEDSTATUSCODES",
+            "CHUNKING",
         ]
         if self.settings.tls is not None and self.tls is None and self.connection.can_start_tls:
             lines.append("STARTTLS")
@@ -288,7 +296,7 @@ class Session(TransactionVerbs, SecurityVerbs):
     def _not_implemented(self, argument: str) -> Reply:
         return replies.NOT_IMPLEMENTED
 
-    smtp_TURN = smtp_ETRN = smtp_ATRN = smtp_BDAT = _not_implemented
+    smtp_TURN = smtp_ETRN = smtp_ATRN = _not_implemented
     smtp_SEND = smtp_SOML = smtp_SAML = _not_implemented
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Protocol
 if TYPE_CHECKING:
     from msmtpd.policy.allow_list import AllowList
     from msmtpd.policy.senders import Senders
+    from msmtpd.smtp.chunking import ChunkedMessage
     from msmtpd.smtp.message import Spool
     from msmtpd.smtp.replies import Reply
 
@@ -61,6 +62,12 @@ class Envelope:
         self.smtputf8 = False
         self.body = "7BIT"
         self.overshoot = 0  # RCPTs refused for being past MAX_RECIPIENTS
+        self.chunks: Optional[ChunkedMessage] = None  # the message BDAT is building
+
+    def close(self) -> None:
+        """Drop what BDAT stored of a message that will not be delivered."""
+        if self.chunks is not None:
+            self.chunks.close()
 
 
 class Closed(Exception):

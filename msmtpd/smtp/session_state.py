@@ -25,7 +25,11 @@ class SessionState:
         self.helo: Optional[str] = None
         self.esmtp = False
         self.authenticated_user: Optional[str] = None
-        self.envelope: Optional[Envelope] = None
+        self._envelope: Optional[Envelope] = None
+        # RFC 3030 section 2: the reply to a BDAT transaction that failed
+        # mid-way, repeated to the chunks pipelined behind the failed one.
+        self.refused_chunks: Optional[Reply] = None
+        self.repeating_refusal = False  # the reply being made is that one again
         self.errors = 0  # error replies in a row
         self.auth_failures = 0
         self.after_crlf = True  # the last command line ended in CRLF
@@ -34,6 +38,17 @@ class SessionState:
     def tls(self) -> Optional[str]:
         """``TLSv1.3 with ...`` once TLS is up, else None: the connection's."""
         return self.connection.tls
+
+    @property
+    def envelope(self) -> Optional[Envelope]:
+        """The transaction under way; replacing it drops what BDAT stored."""
+        return self._envelope
+
+    @envelope.setter
+    def envelope(self, envelope: Optional[Envelope]) -> None:
+        if self._envelope is not None and self._envelope is not envelope:
+            self._envelope.close()
+        self._envelope = envelope
 
     @property
     def idle(self) -> bool:

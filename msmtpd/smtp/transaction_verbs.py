@@ -70,6 +70,8 @@ class TransactionVerbs(SessionState):
                 if limit and (len(value) > 20 or int(value) > limit):
                     return replies.MESSAGE_TOO_BIG.format(limit=limit)
             elif name == "BODY":
+                if value.upper() == "BINARYMIME":
+                    return replies.BINARYMIME_REFUSED
                 if value.upper() not in BODY_TYPES:
                     return replies.BAD_BODY
                 envelope.body = value.upper()
@@ -122,6 +124,8 @@ class TransactionVerbs(SessionState):
             return replies.NEED_RCPT
         if argument:
             return replies.SYNTAX.format(usage="DATA")
+        if envelope.chunks is not None:
+            return replies.DATA_AFTER_BDAT
         self.reply(replies.START_DATA)  # the connection sends it before it reads
         spool = Spool(self.settings.max_size, self.settings.spool_dir)
         self.connection.begin_data()
@@ -140,6 +144,10 @@ class TransactionVerbs(SessionState):
 
     def _finish(self, envelope: Envelope, spool: Spool) -> Reply:
         """Answer the final dot: errors found while receiving come first."""
+        return self._spool_problem(envelope, spool) or self.deliver(envelope, spool)
+
+    def _spool_problem(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
+        """The reply to a message over --max-size or one the spool lost."""
         if spool.too_big:
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
                      self.who, envelope.sender, spool.size, spool.max_size)
@@ -147,7 +155,7 @@ class TransactionVerbs(SessionState):
         if spool.error is not None:
             log.error("%s: cannot spool message: %s", self.who, spool.error)
             return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
-        return self.deliver(envelope, spool)
+        return None
 
     def _received_header(self, envelope: Envelope) -> bytes:
         """RFC 5321 section 4.4 trace header; the client's HELO name is

@@ -505,8 +505,10 @@ def test_tls_required_allows_only_the_commands_of_rfc_3207(daemons: Daemons, cer
         assert client.command(b"RSET\r\n").startswith(b"250 ")
         assert client.command(b"HELP\r\n").startswith(b"214")
         for line in (b"MAIL FROM:<alice@example.org>", b"RCPT TO:<bob@example.org>", b"DATA",
-                     b"VRFY bob", b"EXPN list", b"AUTH PLAIN " + plain_auth(), b"BDAT 10 LAST"):
+                     b"VRFY bob", b"EXPN list", b"AUTH PLAIN " + plain_auth()):
             assert client.command(line + b"\r\n") == must, line
+        # RFC 3030 section 2: the refused chunk is read all the same.
+        assert client.command(b"BDAT 10 LAST\r\nQUIT\r\nQUIT") == must
         client.starttls(certs.context())
         send_one(client, "alice@example.org", "bob@example.org", marker)
         assert client.command(b"QUIT\r\n").startswith(b"221 ")

@@ -193,3 +193,38 @@ def test_during_data_the_session_is_not_awaiting_a_command() -> None:
     assert watch.calls and not any(awaiting for _, awaiting in watch.calls)
     conn.end_data()
     assert conn.awaiting_command
+
+
+# -- BDAT chunks (RFC 3030) read under DATA's deadlines --------------------------
+
+
+def test_a_chunk_is_read_to_its_exact_size_and_no_further() -> None:
+    conn, _, _ = connection([(0.1, b"BDAT 5\r\nab"), (0.2, b"cdeQUIT\r\n")])
+    assert conn.readline(100) == b"BDAT 5\r\n"
+    pieces: List[bytes] = []
+    assert conn.receive_octets(5, pieces.append) == 5
+    assert b"".join(pieces) == b"abcde"
+    assert conn.readline(100) == b"QUIT\r\n"
+    assert conn.awaiting_command
+
+
+def test_a_chunk_cut_short_by_end_of_input_says_how_much_arrived() -> None:
+    conn, _, _ = connection([(0.1, b"abc")])
+    assert conn.receive_octets(10, lambda piece: None) == 3
+
+
+def test_a_chunk_under_the_minimum_rate_is_too_slow() -> None:
+    """A BDAT chunk trickled at 200 octets/s is never silent, but too slow."""
+    arrivals = [(0.5 * (i + 1), b"z" * 100) for i in range(40)]
+    conn, _, clock = connection(arrivals)
+    with pytest.raises(DataTooSlow):
+        conn.receive_octets(4000, lambda piece: None)
+    assert TIMEOUT <= clock.now <= TIMEOUT + 1
+    assert conn.awaiting_command  # the chunk's deadlines are over
+
+
+def test_a_silent_chunk_times_out() -> None:
+    conn, _, clock = connection([(0.5, b"z" * 10), (0.5 + TIMEOUT + 1, b"y")])
+    with pytest.raises(RequestTimeout):
+        conn.receive_octets(20, lambda piece: None)
+    assert clock.now == pytest.approx(0.5 + TIMEOUT)

@@ -410,8 +410,10 @@ NOISE: st.SearchStrategy[Tuple[bytes, Union[int, str]]] = st.one_of(
     command(any_case("VRFY"), " ", ARGUMENT).map(lambda line: (line, 252)),
     command(any_case("VRFY")).map(lambda line: (line, 501)),
     command(any_case("EXPN"), " ", ARGUMENT).map(lambda line: (line, 502)),
-    command(st.sampled_from(["TURN", "ETRN x", "BDAT 10", "STARTTLS", "AUTH PLAIN AHUAcA=="])).map(
+    command(st.sampled_from(["TURN", "ETRN x", "STARTTLS", "AUTH PLAIN AHUAcA=="])).map(
         lambda line: (line, 502)),
+    # a BDAT without a size: nothing to read behind it, whatever the state
+    command(st.sampled_from(["BDAT x", "BDAT", "BDAT 10 FIRST"])).map(lambda line: (line, 501)),
     command(MAIL_FROM, BAD_SENDER).map(lambda line: (line, "5xx")),
     command(RCPT_TO, BAD_RECIPIENT).map(lambda line: (line, "5xx")),
 )

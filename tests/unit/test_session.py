@@ -182,7 +182,8 @@ def test_end_of_input_without_quit_returns_false() -> None:
         ("BODY=7BIT", replies.SENDER_OK),
         ("BODY=8BITMIME", replies.SENDER_OK),
         ("body=8bitmime", replies.SENDER_OK),
-        ("BODY=BINARYMIME", replies.BAD_BODY),
+        ("BODY=BINARYMIME", replies.BINARYMIME_REFUSED),
+        ("BODY=binarymime", replies.BINARYMIME_REFUSED),
         ("SIZE=1000", replies.SENDER_OK),
         ("SIZE=abc", replies.BAD_SIZE),
         ("SIZE=", replies.BAD_SIZE),
@@ -438,7 +439,7 @@ def test_unknown_verbs_get_500(command: str) -> None:
 
 
 @pytest.mark.parametrize("command",
-                         ["TURN", "STARTTLS", "ETRN example.org", "BDAT 10 LAST", "SEND FROM:<a@b>"])
+                         ["TURN", "STARTTLS", "ETRN example.org", "SEND FROM:<a@b>"])
 def test_not_implemented_verbs_get_502(command: str) -> None:
     """Known but unimplemented verbs are 502 and the session goes on."""
     result = talk(lines(command, "NOOP", "QUIT"))

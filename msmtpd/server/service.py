@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from msmtpd.base.config import Config, ConfigError
 from msmtpd.delivery.pipe_command import Deliverer, Interrupt, PipeCommand
 from msmtpd.net.connection import Connection
+from msmtpd.net.peer import Peer
 from msmtpd.smtp.session import Session, Settings
 from msmtpd.smtp.session_parts import Deliver
 
@@ -30,15 +31,15 @@ class Service:
         self.settings = settings
         self.log_handler = log_handler
 
-    def session(self, connection: Connection, peer: str,
+    def session(self, connection: Connection, peer: Peer,
                 interrupt: Optional[Interrupt] = None) -> Session:
         deliver: Deliver
         if self.config.queue is not None:
             from msmtpd.delivery.queue_store import Queue, Queuer
 
-            deliver = Queuer(Queue(self.config.queue), peer)
+            deliver = Queuer(Queue(self.config.queue), peer.name)
         else:
-            deliver = Deliverer(self.command, self.config.command_timeout, peer, interrupt)
+            deliver = Deliverer(self.command, self.config.command_timeout, peer.name, interrupt)
         return Session(connection, self.settings, deliver, peer)
 
 
@@ -67,7 +68,8 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
     settings = Settings(hostname=socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir,
                         shell_safe=config.shell_safe_addresses, tls=tls_context,
-                        tls_implicit=config.tls_implicit, tls_required=config.tls_required)
+                        tls_implicit=config.tls_implicit, tls_required=config.tls_required,
+                        unix_login=config.unix_login)
     if config.auth_user is not None:
         from msmtpd.policy.passwords import FailureClock, PasswordCheck, obtain_password
 

@@ -26,8 +26,8 @@ from msmtpd.net.connection import (
     Overloaded,
     ShutdownRequested,
     Transport,
-    peer_name,
 )
+from msmtpd.net.peer import peer_of
 from msmtpd.server.service import LATE_MODULES, Service
 from msmtpd.smtp.session import Session
 from msmtpd.system import privileges
@@ -168,13 +168,13 @@ class Worker:
     # -- while a session runs ---------------------------------------------
 
     def serve_session(self, connection: socket.socket) -> None:
-        peer = peer_name(connection)
-        set_title(f"session {peer}")
+        peer = peer_of(connection)
+        set_title(f"session {peer.name}")
         self._mark(BUSY)
         self._report(f"busy {os.getpid()}")  # wakes the master: the pool may need a spare
         try:
             wire = Connection(Transport(connection, connection), self.service.config.timeout,
-                              watch=self, peer=peer)
+                              watch=self, peer=peer.name)
             self.session = self.service.session(wire, peer, interrupt=self)
             try:
                 self.session.run()

@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 
 from msmtpd.base.logger import log
 from msmtpd.net.connection import Connection
+from msmtpd.net.peer import Peer
 from msmtpd.smtp import replies
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.session_parts import Authenticator, Closed, Envelope, Settings
@@ -37,7 +38,8 @@ class SecurityVerbs:
 
     settings: Settings
     connection: Connection
-    peer: str
+    peer: Peer
+    who: str
     helo: Optional[str]
     esmtp: bool
     envelope: Optional[Envelope]
@@ -65,19 +67,27 @@ class SecurityVerbs:
         self.helo = None
         self.esmtp = False
         self.envelope = None
-        self.authenticated_user = None
+        self.authenticated_user = self.unix_login()  # the kernel's word outlives the handshake
         return None
 
     def _start_tls(self) -> None:
         self.tls = self.connection.start_tls(self.settings.tls)
-        log.info("%s: TLS started: %s", self.peer or "client", self.tls)
+        log.info("%s: TLS started: %s", self.who, self.tls)
 
     def _auth_needs_tls(self) -> bool:
         """With a certificate, a peer that is not on this machine may send
         its password only under TLS (like aiosmtpd's auth_require_tls)."""
-        return self.settings.tls is not None and self.tls is None and not is_local(self.peer)
+        return self.settings.tls is not None and self.tls is None and not self.peer.is_local
 
     # -- authentication (RFC 4954) --------------------------------------
+
+    def unix_login(self) -> Optional[str]:
+        """``--unix-login``: the user a Unix-socket caller is logged in as
+        without AUTH, the name of its uid (None for a uid with no name, or
+        for any other peer)."""
+        if self.settings.unix_login and self.peer.is_unix:
+            return self.peer.user
+        return None
 
     def smtp_AUTH(self, argument: str) -> Reply:
         auth = self.settings.auth
@@ -118,16 +128,16 @@ class SecurityVerbs:
         as_self = exchange.authzid in (b"", exchange.user)
         if matched and as_self:
             self.authenticated_user = user
-            log.info("%s: authenticated as %s", self.peer or "client", user)
+            log.info("%s: authenticated as %s", self.who, user)
             return replies.AUTH_OK
         auth.failed()
         self.auth_failures += 1
         if as_self:
-            log.info("%s: authentication failed for user %s", self.peer or "client", user)
+            log.info("%s: authentication failed for user %s", self.who, user)
             reply = replies.AUTH_FAILED
         else:
             log.info("%s: authentication failed for user %s: may not act as %s",
-                     self.peer or "client", user, exchange.authzid.decode("utf-8", "replace"))
+                     self.who, user, exchange.authzid.decode("utf-8", "replace"))
             reply = replies.AUTH_OTHER_IDENTITY
         if self.auth_failures >= MAX_AUTH_FAILURES:
             self.reply(reply)
@@ -185,15 +195,6 @@ class SecurityVerbs:
 
     def _needs_auth(self) -> bool:
         return self.settings.auth is not None and self.authenticated_user is None
-
-
-def is_local(peer: str) -> bool:
-    """A loopback address, or no network at all (a pipe)."""
-    if not peer:
-        return True
-    from msmtpd.policy.allow_list import addresses_of
-
-    return any(address.is_loopback for address in addresses_of(peer))
 
 
 def _b64decode(text: str) -> Optional[bytes]:

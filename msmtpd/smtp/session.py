@@ -25,15 +25,16 @@ from msmtpd.net.connection import (
     TLSFailed,
     TLSUnavailable,
 )
+from msmtpd.net.peer import Peer
 from msmtpd.smtp import replies
 from msmtpd.smtp.address import AddressError, parse_path, shell_unsafe_character, split_path
-from msmtpd.smtp.message import Spool, address_literal, receive_data
+from msmtpd.smtp.message import Spool, receive_data
 from msmtpd.smtp.replies import Reply
-from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs, is_local
+from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs
 from msmtpd.smtp.session_parts import Authenticator, Closed, Deliver, Envelope, Settings
 
 __all__ = ["MAX_AUTH_FAILURES", "Authenticator", "Closed", "Deliver", "Envelope", "Session", "Settings",
-           "is_local", "sanitise_helo"]
+           "sanitise_helo"]
 
 
 # RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; SMTPUTF8
@@ -79,14 +80,15 @@ class Session(SecurityVerbs):
         cls._verbs = _verb_table(cls)
 
     def __init__(self, connection: Connection, settings: Settings,
-                 deliver: Deliver, peer: str = "") -> None:
+                 deliver: Deliver, peer: Peer | str = "") -> None:
         self.connection = connection
         self.settings = settings
         self.deliver = deliver
-        self.peer = peer
+        self.peer = peer if isinstance(peer, Peer) else Peer(peer)
+        self.who = self.peer.name or "client"  # what the log lines begin with
         self.helo: Optional[str] = None
         self.esmtp = False
-        self.authenticated_user: Optional[str] = None
+        self.authenticated_user: Optional[str] = self.unix_login()
         self.envelope: Optional[Envelope] = None
         self.errors = 0
         self._crlf = True  # the last command line ended in CRLF
@@ -105,23 +107,27 @@ class Session(SecurityVerbs):
         long or makes too many mistakes (False)."""
         host = self.settings.hostname
         allow = self.settings.allow
-        if allow is not None and not allow.permits(self.peer):
-            # Before TLS and before anything else: a refused client costs one reply.
-            log.info("refused %s: not in --allow", self.peer or "a client with no address")
+        if allow is not None and not self.peer.is_unix and not allow.permits(self.peer.address):
+            # Before TLS and before anything else: a refused client costs one
+            # reply.  A Unix socket has no address: its mode decides who calls.
+            log.info("refused %s: not in --allow", self.peer.name or "a client with no address")
             self.reply(replies.ACCESS_DENIED, final=True)
             return False
         try:
             if self.settings.tls is not None and self.settings.tls_implicit:
                 # RFC 8314: TLS from the first byte; one line says both.
                 self.tls = self.connection.start_tls(self.settings.tls)
-                log.info("session from %s over %s", self.peer or "unknown peer", self.tls)
+                log.info("session from %s over %s", self.peer.name or "unknown peer", self.tls)
             else:
-                log.info("session from %s", self.peer or "unknown peer")
+                log.info("session from %s", self.peer.name or "unknown peer")
+            if self.authenticated_user is not None:
+                log.info("%s: logged in as %s by its uid (--unix-login)", self.who,
+                         self.authenticated_user)
             self.reply(replies.GREETING.format(host=host))
             while True:
                 line = self.connection.readline(MAX_COMMAND_LINE + 1)
                 if not line:
-                    log.info("%s: client disconnected", self.peer or "client")
+                    log.info("%s: client disconnected", self.who)
                     return False
                 reply = self.handle_line(line)
                 if reply is None:
@@ -133,35 +139,35 @@ class Session(SecurityVerbs):
                     return False
         except DataTooSlow:
             log.info("%s: data too slow (under the minimum rate); nothing delivered",
-                     self.peer or "client")
+                     self.who)
             self.reply(replies.DATA_TOO_SLOW.format(host=host), final=True)
             return False
         except TimeoutError:
-            log.info("%s: idle timeout", self.peer or "client")
+            log.info("%s: idle timeout", self.who)
             self.reply(replies.TIMEOUT.format(host=host), final=True)
             return False
         except ShutdownRequested:
-            log.info("%s: closing for shutdown", self.peer or "client")
+            log.info("%s: closing for shutdown", self.who)
             self.reply(replies.SHUTTING_DOWN.format(host=host), final=True)
             return False
         except Overloaded:
             log.info("%s: too busy: closing a session without progress for %.0f s while"
-                     " clients wait", self.peer or "client", self.connection.unproductive_seconds)
+                     " clients wait", self.who, self.connection.unproductive_seconds)
             self.reply(replies.OVERLOADED.format(host=host), final=True)
             return False
         except Closed:
             return False
         except TLSFailed as exc:
-            log.info("%s: TLS handshake failed: %s", self.peer or "client", exc)
+            log.info("%s: TLS handshake failed: %s", self.who, exc)
             return False
         except TLSUnavailable:
-            log.error("%s: --tls-implicit needs a socket, not a pipe", self.peer or "client")
+            log.error("%s: --tls-implicit needs a socket, not a pipe", self.who)
             return False
         except ClientNotReading:
-            log.info("%s: client does not read its replies; dropped", self.peer or "client")
+            log.info("%s: client does not read its replies; dropped", self.who)
             return False
         except OSError as exc:  # the connection broke
-            log.info("%s: connection lost: %s", self.peer or "client", exc)
+            log.info("%s: connection lost: %s", self.who, exc)
             return False
 
     def reply(self, reply: Reply, final: bool = False) -> bool:
@@ -195,7 +201,7 @@ class Session(SecurityVerbs):
         self.errors += 1
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
             self.reply(reply)
-            log.info("%s: too many errors", self.peer or "client")
+            log.info("%s: too many errors", self.who)
             return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
         return reply
 
@@ -317,7 +323,7 @@ class Session(SecurityVerbs):
             return sender
         user, senders = self.authenticated_user, self.settings.senders
         if user is not None and senders is not None and not senders.may_send(user, sender):
-            log.info("%s: user %s may not send as <%s> (--senders)", self.peer or "client",
+            log.info("%s: user %s may not send as <%s> (--senders)", self.who,
                      user, sender)
             return replies.SENDER_NOT_ALLOWED
         envelope.sender = sender
@@ -403,7 +409,7 @@ class Session(SecurityVerbs):
             spool.write(self._received_header(envelope), counted=False)
             if not receive_data(self.connection, spool, after_crlf=self._crlf):
                 log.info("%s: client disconnected during DATA; nothing delivered",
-                         self.peer or "client")
+                         self.who)
                 raise Closed()
             self.connection.end_data()
             self.envelope = None
@@ -416,10 +422,10 @@ class Session(SecurityVerbs):
         """Answer the final dot: errors found while receiving come first."""
         if spool.too_big:
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
-                     self.peer or "client", envelope.sender, spool.size, spool.max_size)
+                     self.who, envelope.sender, spool.size, spool.max_size)
             return replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
         if spool.error is not None:
-            log.error("%s: cannot spool message: %s", self.peer or "client", spool.error)
+            log.error("%s: cannot spool message: %s", self.who, spool.error)
             return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
         return self.deliver(envelope, spool)
 
@@ -435,7 +441,9 @@ class Session(SecurityVerbs):
             protocol += "A"
         tls = f" ({self.tls})" if self.tls is not None else ""
         date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
-        peer = address_literal(self.peer) if self.peer else "[local]"
+        peer = self.peer.address_literal
+        if self.peer.is_unix and self.authenticated_user is not None:
+            peer += f", user {sanitise_helo(self.authenticated_user)}"
         return (
             f"Received: from {helo} ({peer})\n"
             f"\tby {self.settings.hostname} (msmtpd) with {protocol}{tls};\n"

@@ -202,7 +202,7 @@ def test_a_bad_senders_file_at_start_is_one_line_and_exit_3(tmp_path: Path, file
     missing = one_line(start_up([f"--auth-file={users}", f"--senders={tmp_path / 'absent'}"]))
     assert "cannot read --senders" in missing
     alone = one_line(start_up([f"--senders={senders}"]))
-    assert alone == "msmtpd: --senders needs --auth or --auth-file\n"
+    assert alone == "msmtpd: --senders needs --auth, --auth-file or --unix-login\n"
 
 
 def test_inetd_holds_a_user_to_the_senders(tmp_path: Path, files: List[Path]) -> None:

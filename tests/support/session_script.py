@@ -8,6 +8,7 @@ import io
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 from msmtpd.net.connection import in_memory
+from msmtpd.net.peer import Peer
 from msmtpd.smtp import replies
 from msmtpd.smtp.message import Spool
 from msmtpd.smtp.replies import Reply
@@ -75,7 +76,7 @@ def parse_replies(raw: bytes) -> List[Reply]:
 
 
 def talk(script: bytes | Recv, settings: Optional[Settings] = None,
-         deliver: Optional[FakeDeliver] = None, peer: str = "192.0.2.7") -> Result:
+         deliver: Optional[FakeDeliver] = None, peer: Peer | str = "192.0.2.7") -> Result:
     """Run a whole session on ``script`` (bytes or a recv function)."""
     recv = io.BytesIO(script).read1 if isinstance(script, bytes) else script
     writer = io.BytesIO()

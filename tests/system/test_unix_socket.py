@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Sequence
 
 import pytest
 
+from msmtpd.net.peer import peer_of
 from tests import helpers
 from tests.support.users_file import PASSWORDS, users_file
 
@@ -101,6 +102,16 @@ def test_the_log_names_the_callers_uid_user_and_pid_and_received_its_uid(shared_
     (received,) = helpers.received_headers(mails[0])
     assert received.startswith(b"Received: from client.test (uid 65534) by ")
     assert b"with ESMTP;" in received and b"[" not in received  # never a host address
+
+
+def test_the_kernel_names_the_caller_of_a_socket_pair() -> None:
+    import pwd
+
+    server, client = socket.socketpair(socket.AF_UNIX)
+    with server, client:
+        peer = peer_of(server)
+    assert (peer.uid, peer.gid, peer.pid) == (os.getuid(), os.getgid(), os.getpid())
+    assert peer.user == pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_a_uid_with_no_name_is_logged_by_its_number(shared_dir: Path) -> None:

@@ -280,6 +280,19 @@ def test_daemon_and_pidfile_serve_the_socket_and_remove_it(shared_dir: Path) -> 
     assert not os.path.lexists(path)
 
 
+def test_check_speaks_to_the_socket(shared_dir: Path) -> None:
+    with Daemon(shared_dir, []) as daemon:
+        done = subprocess.run([helpers.program("msmtpd"), "--check", f"--interface={daemon.socket}"],
+                              capture_output=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"msmtpd: {daemon.socket} is healthy: greeting 220 ".encode())
+    done = subprocess.run([helpers.program("msmtpd"), "--check", f"--interface={daemon.socket}"],
+                          capture_output=True, timeout=WAIT)
+    assert done.returncode == 1
+    assert done.stderr == (f"msmtpd: {daemon.socket} is not healthy: No such file or directory"
+                           " while connecting\n").encode()
+
+
 # -- --inetd with a Unix socket on standard input ------------------------------------------
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from msmtpd.net.peer import peer_of
 from tests import helpers
+from tests.support.logged_daemon import LoggedDaemon
 from tests.support.users_file import PASSWORDS, users_file
 
 WAIT = 20.0
@@ -58,28 +59,13 @@ def as_user(path: Path, user: str, group: str, sender: str, recipient: str = "rc
     return outcome
 
 
-class Daemon:
-    """msmtpd on a Unix socket and on 127.0.0.1, with a log and a Maildir."""
+class Daemon(LoggedDaemon):
+    """msmtpd on a Unix socket and on 127.0.0.1."""
 
     def __init__(self, directory: Path, args: Sequence[str], maildir: bool = True) -> None:
         self.socket = directory / "smtp.sock"
-        self.log = directory / "msmtpd.log"
-        self.maildir = directory / "Maildir"
-        command = helpers.maildir_command(self.maildir) if maildir else "cat >/dev/null; :"
-        self.server = helpers.Server([f"--interface={self.socket}", "--interface=127.0.0.1",
-                                      f"--command={command}", f"--log={self.log}",
-                                      "--max-sessions=2", *args])
-
-    def __enter__(self) -> Daemon:
-        self.server.start()
-        helpers.wait_for_log(self.log, "listening on")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__()
-
-    def log_text(self) -> str:
-        return helpers.log_text(self.log)
+        super().__init__(directory, [f"--interface={self.socket}", "--interface=127.0.0.1", *args],
+                         user=not maildir)
 
 
 def msmtpd_fails(args: List[str]) -> subprocess.CompletedProcess[bytes]:

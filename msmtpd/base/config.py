@@ -32,6 +32,11 @@ MAX_SESSIONS = 1024
 MAX_SIZE = 2**63 - 1  # what a client can parse from EHLO's SIZE
 DEFAULT_QUEUE_WORKERS = 2
 MAX_QUEUE_WORKERS = 64
+# unix(7): sun_path holds 108 octets, the last one a NUL.
+MAX_UNIX_PATH = 107
+# --socket-mode: the permission bits a socket file can use (no set-id, no sticky).
+DEFAULT_SOCKET_MODE = 0o666
+SOCKET_MODE_BITS = 0o777
 # Postfix's maximal_queue_lifetime: 5 days.
 DEFAULT_QUEUE_LIFETIME = 5 * 24 * 3600.0
 
@@ -52,7 +57,9 @@ class Config:
     ``dataclasses`` would import ``inspect``, too slow for ``--inetd``."""
 
     inetd: bool
-    interfaces: List[str]
+    interfaces: List[str]  # IP addresses, and paths of Unix sockets (beginning with /)
+    socket_mode: int
+    unix_login: bool
     port: int
     log: str  # "none", "syslog", "-" or an absolute path
     command: str
@@ -104,15 +111,38 @@ def parse_port(text: str) -> int:
     return int(text)
 
 
+def is_unix_path(interface: str) -> bool:
+    """An --interface that names a Unix socket rather than an IP address."""
+    return interface.startswith("/")
+
+
 def parse_interface(text: str) -> str:
-    """An IPv4 or IPv6 address in its usual spelling (``::0001`` is ``::1``)."""
+    """An IPv4 or IPv6 address in its usual spelling (``::0001`` is ``::1``),
+    or the absolute path of a Unix socket."""
     import _socket as socket  # the C module alone: socket.py loads enum and selectors
+
+    if is_unix_path(text):
+        # sockaddr_un's sun_path (unix(7)): 108 octets with the final NUL.
+        if len(text.encode("utf-8", "surrogateescape")) > MAX_UNIX_PATH or "\0" in text:
+            raise ConfigError(f"invalid interface '{text[:60]}': a Unix socket path must be"
+                              f" at most {MAX_UNIX_PATH} octets")
+        return text
 
     family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
         return socket.inet_ntop(family, socket.inet_pton(family, text))
     except (OSError, ValueError):
-        raise ConfigError(f"invalid interface '{text}': expected an IPv4 or IPv6 address") from None
+        raise ConfigError(f"invalid interface '{text}': expected an IPv4 or IPv6 address,"
+                          " or the path of a Unix socket (/run/msmtpd.sock)") from None
+
+
+def parse_mode(text: str, option: str) -> int:
+    """Permission bits in octal, as chmod takes them: ``0660``, ``660``."""
+    if not (text.isascii() and 0 < len(text) <= 4 and set(text) <= set("01234567")) \
+            or int(text, 8) > SOCKET_MODE_BITS:
+        raise ConfigError(f"invalid {option} '{text[:40]}': expected octal permission bits"
+                          " from 0000 to 0777 (0660)")
+    return int(text, 8)
 
 
 def parse_seconds(text: str, option: str) -> float:

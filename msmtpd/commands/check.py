@@ -2,10 +2,11 @@
 monitoring.
 
 It connects to the first ``--interface`` and ``--port`` (the server's
-defaults), reads the greeting, sends EHLO and QUIT, and prints one line
-saying what it saw.  Exit status 0 when every answer was 2xx, 1 otherwise.
-The whole check ends within CHECK_SECONDS, however the server behaves, and
-runs in this one process: nothing is left behind.
+defaults; a Unix socket when the interface is a path), reads the greeting,
+sends EHLO and QUIT, and prints one line saying what it saw.  Exit status
+0 when every answer was 2xx, 1 otherwise.  The whole check ends within
+CHECK_SECONDS, however the server behaves, and runs in this one process:
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import sys
 from typing import Any, List, Optional
 
-from msmtpd.base.config import Config
+from msmtpd.base.config import Config, is_unix_path
 from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 
 # The whole check (connect, greeting, EHLO, QUIT) ends within this long,
@@ -45,17 +46,19 @@ class _Probe:
         import smtplib
 
         client: Any
+        plain: Any = _unix_smtp_class() if is_unix_path(self.host) else smtplib.SMTP
         if self.tls:
             import ssl
 
             context = ssl.create_default_context()
             context.check_hostname = False  # a liveness check, not a peer verification
             context.verify_mode = ssl.CERT_NONE
-            client = smtplib.SMTP_SSL(local_hostname="localhost", timeout=self.seconds,
-                                      context=context)
+            # SMTP_SSL wraps what its base's _get_socket connects: TCP or a Unix socket.
+            tls_class: Any = type("CheckSMTP_SSL", (smtplib.SMTP_SSL, plain), {})
+            client = tls_class(local_hostname="localhost", timeout=self.seconds, context=context)
             client._host = self.host  # what SNI gets; smtplib sets it only with a constructor host
         else:
-            client = smtplib.SMTP(local_hostname="localhost", timeout=self.seconds)
+            client = plain(local_hostname="localhost", timeout=self.seconds)
         try:
             code, text = client.connect(self.host, self.port)
             self._saw("greeting", code, text)
@@ -81,11 +84,33 @@ class _Probe:
         self.seen.append(f"{what} {code} {shown}".rstrip())
 
 
+def _unix_smtp_class() -> Any:
+    """smtplib's SMTP on a Unix stream socket (``--interface=/PATH``)."""
+    import smtplib
+    import socket
+
+    class UnixSMTP(smtplib.SMTP):
+        def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(host)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+
+    return UnixSMTP
+
+
 def run_check(config: Config) -> int:
     interface = config.interfaces[0]
     host = LOOPBACK_FOR.get(interface, interface)
     seconds = min(CHECK_SECONDS, config.timeout)
-    where = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
+    if is_unix_path(host):
+        where = host
+    else:
+        where = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     probe = _Probe(host, config.port, config.tls_implicit, seconds)
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -68,7 +68,7 @@ LISTING_ORDER = ("--version", "--help", "--inetd", "--daemon", "--shell-safe-add
                  "--command-timeout", "--max-size", "--max-sessions", "--pidfile", "--user",
                  "--spool-dir", "--tls-cert", "--tls-key", "--idle-exit", "--spare-workers",
                  "--auth-file", "--allow", "--queue", "--queue-workers", "--queue-lifetime",
-                 "--senders")
+                 "--senders", "--socket-mode", "--unix-login")
 
 
 def _listing_position(option: Option) -> int:
@@ -151,8 +151,9 @@ def parse_args(argv: Sequence[str]) -> Config:
         if config.inetd:
             raise UsageError("--check cannot be combined with --inetd")
         return config  # the server's other options may be given; only the address counts
-    if config.senders is not None and config.auth_user is None and config.auth_file is None:
-        raise UsageError("--senders needs --auth or --auth-file")
+    if (config.senders is not None and config.auth_user is None and config.auth_file is None
+            and not config.unix_login):
+        raise UsageError("--senders needs --auth, --auth-file or --unix-login")
     if config.tls_cert is None:
         for name, given in (("--tls-key", config.tls_key is not None),
                             ("--tls-implicit", config.tls_implicit),
@@ -235,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             # Listening first: a client that connects while the rest loads
             # waits in the listen queue instead of being refused.
-            sockets = bind_all(config.interfaces, config.port)
+            sockets = bind_all(config)
         from msmtpd.server.master import run_master
 
         return run_master(config, sockets, tls_context)

@@ -27,6 +27,7 @@ import time
 from typing import IO, Any, Callable, Optional, Protocol
 
 from msmtpd.net.line_reader import CHUNK_SIZE, DATA_CHUNK_SIZE, LineReader
+from msmtpd.net.peer import Peer
 from msmtpd.net.transports import (
     MAX_POLL_SECONDS,
     Endpoint,
@@ -36,7 +37,6 @@ from msmtpd.net.transports import (
     TLSUnavailable,
     Transport,
     endpoint_of,
-    peer_name,
 )
 
 # The transports, and what a descriptor is, are named here too: the
@@ -44,7 +44,7 @@ from msmtpd.net.transports import (
 __all__ = ["MIN_DATA_RATE", "OVERLOAD_IDLE_SECONDS", "TICK_SECONDS", "ClientNotReading",
            "Connection", "DataTooSlow", "Endpoint", "MemoryTransport", "Overloaded",
            "RequestTimeout", "ShutdownRequested", "TLSFailed", "TLSTransport", "TLSUnavailable",
-           "Transport", "Watch", "endpoint_of", "in_memory", "peer_name"]
+           "Transport", "Watch", "endpoint_of", "in_memory"]
 
 # Postfix's smtpd_min_data_rate default: octets per second that DATA must
 # average once it has lasted the timeout.
@@ -97,14 +97,14 @@ class Connection(LineReader):
     each bounded by the deadlines described above."""
 
     def __init__(self, transport: Transport, timeout: Optional[float],
-                 watch: Optional[Watch] = None, peer: str = "",
+                 watch: Optional[Watch] = None, peer: Optional[Peer] = None,
                  clock: Callable[[], float] = time.monotonic, chunk_size: int = CHUNK_SIZE,
                  data_chunk_size: int = DATA_CHUNK_SIZE) -> None:
         super().__init__(self._receive, chunk_size, data_chunk_size)
         self.transport = transport
         self.timeout = timeout
         self.watch = watch
-        self.peer = peer
+        self.peer = Peer() if peer is None else peer  # who is calling (contract 12)
         self._clock = clock
         self._out = bytearray()
         self._replied_at = clock()  # the last reply went out (or we connected)

@@ -8,8 +8,9 @@ listens (a client that connects meanwhile waits in the listen queue).
 from __future__ import annotations
 
 import _socket
+import os
 
-from msmtpd.base.config import Config, ConfigError
+from msmtpd.base.config import Config, ConfigError, is_unix_path
 from msmtpd.base.logger import log
 
 TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
@@ -21,14 +22,23 @@ if TYPE_CHECKING:
 BACKLOG = max(_socket.SOMAXCONN, 128)
 
 
-def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:
+def bind_all(config: Config) -> List[socket.socket]:
+    """A listening socket for each --interface: an IP address and --port,
+    or a Unix socket's path (:mod:`msmtpd.net.unix_socket`)."""
     listening: List[_socket.socket] = []
     try:
-        for interface in interfaces:
-            listening.append(_bind(interface, port))
+        for interface in config.interfaces:
+            if is_unix_path(interface):
+                listening.append(_bind_unix(config, interface))
+            else:
+                listening.append(_bind(interface, config.port))
     except ConfigError:
         for sock in listening:
             sock.close()
+        if any(is_unix_path(interface) for interface in config.interfaces):
+            from msmtpd.net import unix_socket
+
+            unix_socket.remove_all()
         raise
     import socket  # now that every port listens
 
@@ -36,6 +46,18 @@ def bind_all(interfaces: List[str], port: int) -> List[socket.socket]:
     for sock in sockets:
         sock.setblocking(False)  # a worker that loses the accept race goes back to waiting
     return sockets
+
+
+def _bind_unix(config: Config, path: str) -> _socket.socket:
+    from msmtpd.net import unix_socket
+
+    owner = None
+    if config.user is not None and os.geteuid() == 0:  # the sessions' user may use it
+        from msmtpd.system.privileges import resolve
+
+        account = resolve(config.user)
+        owner = (account.uid, account.gid)
+    return unix_socket.bind(path, BACKLOG, config.socket_mode, owner)
 
 
 def _bind(interface: str, port: int) -> _socket.socket:

@@ -242,13 +242,3 @@ def endpoint_of(fd: int) -> Endpoint:
         pass
     return fd
 
-
-def peer_name(endpoint: Endpoint) -> str:
-    """The client's IP address, or "" for a pipe or a Unix socket."""
-    if not isinstance(endpoint, socket.socket):
-        return ""
-    try:
-        address = endpoint.getpeername()
-    except OSError:
-        return ""
-    return str(address[0]) if isinstance(address, tuple) else ""

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 from msmtpd.base.config import Config
 from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
-from msmtpd.net.connection import Connection, ShutdownRequested, Transport, endpoint_of, peer_name
+from msmtpd.net.connection import Connection, ShutdownRequested, Transport, endpoint_of
+from msmtpd.net.peer import peer_of
 from msmtpd.server.service import LATE_MODULES, prepare
 from msmtpd.system.signal_inbox import RecordedSignals
 
@@ -44,7 +45,7 @@ def run_inetd(config: Config, tls_context: Any = None) -> int:
     signals = _Signals()
     reader = endpoint_of(sys.stdin.fileno())
     writer = endpoint_of(sys.stdout.fileno())
-    peer = peer_name(reader)
+    peer = peer_of(reader)
     connection = Connection(Transport(reader, writer), config.timeout, watch=signals, peer=peer)
     try:
         client = service.client_of(connection, peer)

@@ -25,6 +25,7 @@ from typing import Any, List, Optional
 
 from msmtpd.base.config import Config, ConfigError
 from msmtpd.base.logger import log
+from msmtpd.net import unix_socket
 from msmtpd.net.listeners import describe, warn_if_open
 from msmtpd.server.child_table import RUNNER, Child, ChildTable
 from msmtpd.server.pool import Halt, WorkerPool
@@ -98,6 +99,8 @@ class Master:
             self._stop_workers(graceful=False)
             return halt.code
         finally:
+            # The last stage of the stop: no worker is left to accept.
+            unix_socket.remove_all()
             if self.pidfile is not None:
                 self.pidfile.remove()
 
@@ -307,6 +310,9 @@ def run_master(config: Config, sockets: List[socket.socket], tls_context: Any = 
     terminal: nothing has detached yet."""
     try:
         return _start(config, sockets, tls_context)
+    except BaseException:
+        unix_socket.remove_all()  # a start that failed leaves no socket file behind
+        raise
     finally:
         for sock in sockets:
             sock.close()

@@ -10,6 +10,7 @@ from msmtpd.base.config import Config, ConfigError
 from msmtpd.base.logger import log
 from msmtpd.delivery.pipe_command import Deliverer, Interrupt, PipeCommand
 from msmtpd.net.connection import Connection
+from msmtpd.net.peer import Peer
 from msmtpd.smtp.session import Session, Settings
 from msmtpd.smtp.session_parts import Deliver
 
@@ -34,12 +35,13 @@ class Service:
         self.log_handler = log_handler
         self.proxies: Optional[AllowList] = None  # --proxy-protocol: who may send a header
 
-    def client_of(self, connection: Connection, peer: str) -> Optional[str]:
+    def client_of(self, connection: Connection, peer: Peer) -> Optional[Peer]:
         """Who the session serves (contract 12): the connection's own
         ``peer``, or, from a trusted proxy (``--proxy-protocol``), the client
         its header names; None when that header is missing or wrong and the
-        connection must close without a greeting (one log line says why)."""
-        if self.proxies is None or not self.proxies.permits(peer):
+        connection must close without a greeting (one log line says why).
+        A Unix-socket caller is never a proxy: the kernel named it."""
+        if self.proxies is None or peer.is_unix or not self.proxies.permits(peer.address):
             return peer  # not a listed proxy: plain SMTP, a PROXY line is a command (500)
         from msmtpd.net.proxy_header import ProxyHeaderError
         from msmtpd.net.proxy_intake import read_proxy_header
@@ -47,21 +49,23 @@ class Service:
         try:
             header = read_proxy_header(connection)
         except ProxyHeaderError as exc:
-            log.info("%s: closed without a greeting: %s", peer, exc)
+            log.info("%s: closed without a greeting: %s", peer.name, exc)
             return None
-        log.info("%s: %s", peer, header.describe())
-        connection.peer = header.source or peer  # one peer for everything (contract 12)
-        return connection.peer
+        log.info("%s: %s", peer.name, header.describe())
+        # LOCAL and UNKNOWN (no source) keep the real connection's peer.
+        client = Peer(header.source, header.source_port) if header.source else peer
+        connection.peer = client  # one peer for everything
+        return client
 
-    def session(self, connection: Connection, peer: str,
+    def session(self, connection: Connection, peer: Peer,
                 interrupt: Optional[Interrupt] = None) -> Session:
         deliver: Deliver
         if self.config.queue is not None:
             from msmtpd.delivery.queue_store import Queue, Queuer
 
-            deliver = Queuer(Queue(self.config.queue), peer)
+            deliver = Queuer(Queue(self.config.queue), peer.name)
         else:
-            deliver = Deliverer(self.command, self.config.command_timeout, peer, interrupt)
+            deliver = Deliverer(self.command, self.config.command_timeout, peer.name, interrupt)
         return Session(connection, self.settings, deliver, peer)
 
 
@@ -90,7 +94,8 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
     settings = Settings(hostname=socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir,
                         shell_safe=config.shell_safe_addresses, tls=tls_context,
-                        tls_implicit=config.tls_implicit, tls_required=config.tls_required)
+                        tls_implicit=config.tls_implicit, tls_required=config.tls_required,
+                        unix_login=config.unix_login)
     if config.auth_user is not None:
         from msmtpd.policy.passwords import FailureClock, PasswordCheck, obtain_password
 

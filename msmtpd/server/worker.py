@@ -26,8 +26,8 @@ from msmtpd.net.connection import (
     Overloaded,
     ShutdownRequested,
     Transport,
-    peer_name,
 )
+from msmtpd.net.peer import peer_of
 from msmtpd.server.service import LATE_MODULES, Service
 from msmtpd.smtp.session import Session
 from msmtpd.system import privileges
@@ -168,8 +168,8 @@ class Worker:
     # -- while a session runs ---------------------------------------------
 
     def serve_session(self, connection: socket.socket) -> None:
-        peer = peer_name(connection)
-        set_title(f"session {peer}")
+        peer = peer_of(connection)
+        set_title(f"session {peer.name}")
         self._mark(BUSY)
         self._report(f"busy {os.getpid()}")  # wakes the master: the pool may need a spare
         try:
@@ -179,8 +179,8 @@ class Worker:
                 client = self.service.client_of(wire, peer)
                 if client is None:
                     return  # a trusted proxy's header was wrong: no greeting
-                if client != peer:
-                    set_title(f"session {client} via {peer}")
+                if client is not peer:
+                    set_title(f"session {client.name} via {peer.name}")
                 self.session = self.service.session(wire, client, interrupt=self)
                 self.session.run()
             finally:

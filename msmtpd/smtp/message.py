@@ -26,22 +26,6 @@ SPOOL_MEMORY_LIMIT = 1024 * 1024
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
-# An IPv4 client of a dual-stack (IPv6) socket, as the kernel names it.
-_MAPPED_PREFIX = "::ffff:"
-
-
-def address_literal(peer: str) -> str:
-    """The client's address as an RFC 5321 section 4.1.3 address literal, for
-    the Received header: ``[192.0.2.1]``, ``[IPv6:2001:db8::1]``.  An
-    IPv4-mapped address is the IPv4 client it stands for; an interface
-    scope (``%eth0``) has no place in a literal and is left out."""
-    if peer.lower().startswith(_MAPPED_PREFIX) and "." in peer:
-        return f"[{peer[len(_MAPPED_PREFIX):]}]"
-    if ":" in peer:
-        return f"[IPv6:{peer.partition('%')[0]}]"
-    return f"[{peer}]"
-
-
 class Spool:
     """One message: in memory first, in an unnamed temporary file past
     ``SPOOL_MEMORY_LIMIT``.  Stops storing (but keeps counting) once the

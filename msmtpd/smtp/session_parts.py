@@ -40,7 +40,7 @@ class Settings:
                  spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
                  shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
                  tls_required: bool = False, allow: Optional[AllowList] = None,
-                 senders: Optional[Senders] = None) -> None:
+                 senders: Optional[Senders] = None, unix_login: bool = False) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
@@ -51,6 +51,7 @@ class Settings:
         self.tls_required = tls_required
         self.allow = allow  # --allow: the client networks that may connect
         self.senders = senders  # --senders: whom each authenticated user may send as
+        self.unix_login = unix_login  # --unix-login: a Unix-socket caller is its uid's user
 
 
 class Envelope:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from msmtpd.net.connection import Connection
+from msmtpd.net.peer import Peer
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.session_parts import Deliver, Envelope, Settings
 
@@ -16,15 +17,17 @@ class SessionState:
     way to send a reply."""
 
     def __init__(self, connection: Connection, settings: Settings,
-                 deliver: Deliver, peer: str = "") -> None:
+                 deliver: Deliver, peer: Optional[Peer] = None) -> None:
         self.connection = connection
         self.settings = settings
         self.deliver = deliver
-        self.peer = peer  # the client's address, "" for a pipe
-        self.who = peer or "client"  # the peer as a log line names it
+        # Who is calling (contract 12): a TCP address, the client a trusted
+        # proxy vouches for, or a Unix-socket caller's credentials.
+        self.peer: Peer = Peer() if peer is None else peer
+        self.who = self.peer.name or "client"  # the peer as a log line names it
         self.helo: Optional[str] = None
         self.esmtp = False
-        self.authenticated_user: Optional[str] = None
+        self.authenticated_user: Optional[str] = self.unix_login()
         self._envelope: Optional[Envelope] = None
         # RFC 3030 section 2: the reply to a BDAT transaction that failed
         # mid-way, repeated to the chunks pipelined behind the failed one.
@@ -76,13 +79,12 @@ class SessionState:
     def auth_needs_tls(self) -> bool:
         """With a certificate, a peer that is not on this machine may send
         its password only under TLS (like aiosmtpd's auth_require_tls)."""
-        return self.settings.tls is not None and self.tls is None and not is_local(self.peer)
+        return self.settings.tls is not None and self.tls is None and not self.peer.is_local
 
-
-def is_local(peer: str) -> bool:
-    """A loopback address, or no network at all (a pipe)."""
-    if not peer:
-        return True
-    from msmtpd.policy.allow_list import addresses_of
-
-    return any(address.is_loopback for address in addresses_of(peer))
+    def unix_login(self) -> Optional[str]:
+        """``--unix-login``: the user a Unix-socket caller is logged in as
+        without AUTH, the name of its uid (None for a uid with no name, or
+        for any other peer)."""
+        if self.settings.unix_login and self.peer.is_unix:
+            return self.peer.user
+        return None

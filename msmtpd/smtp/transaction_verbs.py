@@ -14,7 +14,7 @@ from msmtpd.base.config import is_number
 from msmtpd.base.logger import log
 from msmtpd.smtp import replies
 from msmtpd.smtp.address import AddressError, parse_path, shell_unsafe_character, split_path
-from msmtpd.smtp.message import Spool, address_literal, receive_data
+from msmtpd.smtp.message import Spool, receive_data
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.session_parts import Closed, Envelope
 from msmtpd.smtp.session_state import SessionState
@@ -169,7 +169,9 @@ class TransactionVerbs(SessionState):
             protocol += "A"
         tls = f" ({self.tls})" if self.tls is not None else ""
         date = time.strftime("%a, %d %b %Y %H:%M:%S %z")
-        peer = address_literal(self.peer) if self.peer else "[local]"
+        peer = self.peer.address_literal
+        if self.peer.is_unix and self.authenticated_user is not None:
+            peer += f", user {sanitise_helo(self.authenticated_user)}"
         return (
             f"Received: from {helo} ({peer})\n"
             f"\tby {self.settings.hostname} (msmtpd) with {protocol}{tls};\n"

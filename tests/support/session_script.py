@@ -8,6 +8,7 @@ import io
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 from msmtpd.net.connection import in_memory
+from msmtpd.net.peer import Peer
 from msmtpd.smtp import replies
 from msmtpd.smtp.message import Spool
 from msmtpd.smtp.replies import Reply
@@ -75,12 +76,13 @@ def parse_replies(raw: bytes) -> List[Reply]:
 
 
 def talk(script: bytes | Recv, settings: Optional[Settings] = None,
-         deliver: Optional[FakeDeliver] = None, peer: str = "192.0.2.7") -> Result:
+         deliver: Optional[FakeDeliver] = None, peer: Peer | str = "192.0.2.7") -> Result:
     """Run a whole session on ``script`` (bytes or a recv function)."""
     recv = io.BytesIO(script).read1 if isinstance(script, bytes) else script
     writer = io.BytesIO()
     deliver = deliver if deliver is not None else FakeDeliver()
-    session = Session(in_memory(recv, writer), settings or Settings(hostname=HOST), deliver, peer)
+    session = Session(in_memory(recv, writer), settings or Settings(hostname=HOST), deliver,
+                      peer if isinstance(peer, Peer) else Peer(peer))
     ended_with_quit = session.run()
     raw = writer.getvalue()
     return Result(parse_replies(raw), ended_with_quit, deliver.mails, raw)
@@ -98,13 +100,14 @@ def transaction(body: str = "Subject: hi\r\n\r\nhello\r\n", sender: str = "<alic
     return [f"MAIL FROM:{sender}{params}", *[f"RCPT TO:{r}" for r in recipients], "DATA", body + "."]
 
 
-def converse(settings: Any, *lines: bytes | str, peer: str = "192.0.2.7") -> List[str]:
+def converse(settings: Any, *lines: bytes | str, peer: Peer | str = "192.0.2.7") -> List[str]:
     """A whole session in memory (no sockets) on ``settings`` (a
     msmtpd.smtp.session.Settings): the reply lines, each ``CODE text``; every
     mail is answered as delivered."""
     script = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\r\n" for line in lines)
     writer = io.BytesIO()
     Session(in_memory(io.BytesIO(script).read1, writer), settings,
-            lambda envelope, spool: replies.DELIVERED, peer).run()
+            lambda envelope, spool: replies.DELIVERED,
+            peer if isinstance(peer, Peer) else Peer(peer)).run()
     return [line for line in writer.getvalue().decode("utf-8", "replace").split("\r\n")[:-1]
             if line[3:4] == " "]

@@ -295,7 +295,7 @@ def test_a_unix_socket_from_systemd_is_served(tmp_path: Path) -> None:
         assert b"250 2.0.0 OK" in answers and answers.endswith(b"221 2.0.0 " + socket.gethostname().encode()
                                                                + b" closing connection\r\n")
         mails = wait_for_mails(tmp_path / "mail", 1)
-        assert len(mails) == 1 and b"from local ([local])" in mails[0]
+        assert len(mails) == 1 and f"from local (uid {os.getuid()})".encode() in mails[0]
     finally:
         process.terminate()
         out, _ = process.communicate(timeout=WAIT)

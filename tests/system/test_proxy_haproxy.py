@@ -13,7 +13,7 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from msmtpd.smtp.message import address_literal
+from msmtpd.net.peer import ip_literal
 from tests import helpers
 from tests.helpers import WAIT
 from tests.support.inetd import TinyInetd
@@ -89,7 +89,7 @@ def test_the_client_behind_haproxy_is_the_peer_everywhere(behind_haproxy: Tuple[
     mails = helpers.wait_for_mails(daemon.maildir, before + 1)
     mail = next(mail for mail in mails if b"Subject: through haproxy" in mail)
     received = helpers.received_headers(mail)[0]
-    assert f"({address_literal(CLIENT)})".encode() in received, received
+    assert f"({ip_literal(CLIENT)})".encode() in received, received
     daemon.wait_log(f"session from {CLIENT}")
     log = daemon.log_text()
     assert f"{PROXY}: PROXY v" in log and f"client {CLIENT} port " in log, log

@@ -20,6 +20,7 @@ import pytest
 from msmtpd.smtp import replies
 from tests import helpers
 from tests.helpers import auth_plain
+from tests.support.logged_daemon import LoggedDaemon
 
 WAIT = 20.0
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -34,29 +35,8 @@ REFUSED = b"5.7.1 Sender address not allowed for this user"
 # -- real daemons -------------------------------------------------------------------
 
 
-class Daemon:
-    """An msmtpd master with a log file and a Maildir, started and stopped."""
-
-    def __init__(self, directory: Path, args: Sequence[str], user: bool = False) -> None:
-        self.log = directory / "msmtpd.log"
-        self.maildir = directory / "Maildir"
-        command = "cat >/dev/null; :" if user else helpers.maildir_command(self.maildir)
-        self.server = helpers.Server([f"--command={command}", f"--log={self.log}",
-                                      "--max-sessions=2", *args])
-
-    def __enter__(self) -> Daemon:
-        self.server.start()
-        helpers.wait_for_log(self.log, "listening on")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__()
-
-    def hup(self, text: str) -> None:
-        """SIGHUP, then wait for the log line ``text`` it brings."""
-        count = sum(text in line for line in helpers.log_text(self.log).splitlines())
-        os.kill(self.server.pid, signal.SIGHUP)
-        helpers.wait_for_log(self.log, text, count + 1)
+class Daemon(LoggedDaemon):
+    """With a client that logs in and gives a sender."""
 
     def mail_from(self, user: str, password: str, sender: str) -> tuple[int, bytes]:
         """Log in as ``user`` and give ``sender``: MAIL's reply."""
@@ -202,7 +182,7 @@ def test_a_bad_senders_file_at_start_is_one_line_and_exit_3(tmp_path: Path, file
     missing = one_line(start_up([f"--auth-file={users}", f"--senders={tmp_path / 'absent'}"]))
     assert "cannot read --senders" in missing
     alone = one_line(start_up([f"--senders={senders}"]))
-    assert alone == "msmtpd: --senders needs --auth or --auth-file\n"
+    assert alone == "msmtpd: --senders needs --auth, --auth-file or --unix-login\n"
 
 
 def test_inetd_holds_a_user_to_the_senders(tmp_path: Path, files: List[Path]) -> None:

@@ -1033,7 +1033,7 @@ def test_inetd_on_a_socketpair_delivers_over_tls(certs: Certs, tmp_path: Path, m
             status, err = finish(process)
     assert status == 0, err
     mail = mail_with(maildir, marker)
-    assert re.search(rb"\nReceived: from client\.example \(\[local\]\)\n\tby \S+ \(msmtpd\) with ESMTPS "
+    assert re.search(rb"\nReceived: from client\.example \(uid \d+\)\n\tby \S+ \(msmtpd\) with ESMTPS "
                      rb"\(TLSv1\.3 with ", mail), mail
 
 

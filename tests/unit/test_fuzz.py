@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from msmtpd.net.connection import ShutdownRequested, in_memory
+from msmtpd.net.peer import Peer
 from msmtpd.smtp import message, replies, transaction_verbs
 from msmtpd.smtp.message import Spool
 from msmtpd.smtp.replies import Reply
@@ -277,7 +278,7 @@ def run_session(data: bytes, sizes: Sequence[int] = (), end: str = "eof",
         stack.enter_context(mock.patch.object(transaction_verbs, "Spool", small_spool))
         stack.enter_context(time_limit(RUN_SECONDS))
         connection = in_memory(wire.recv, out, chunk_size=reader_chunk)
-        ended_with_quit = Session(connection, config, recorder, PEER).run()
+        ended_with_quit = Session(connection, config, recorder, Peer(PEER)).run()
     assert isinstance(ended_with_quit, bool)
     raw = out.getvalue()
     return Outcome(ended_with_quit, raw, parse_replies(raw), recorder.mails, wire)

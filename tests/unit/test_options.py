@@ -95,4 +95,4 @@ def test_an_ambiguous_abbreviation_lists_what_it_could_mean() -> None:
     with pytest.raises(UsageError) as raised:
         parse_args(["--s=1"])
     assert str(raised.value) == ("ambiguous option: --s could match --shell-safe-addresses,"
-                                 " --spool-dir, --spare-workers, --senders")
+                                 " --spool-dir, --spare-workers, --senders, --socket-mode")

@@ -18,6 +18,6 @@ import pytest
     ("fe80::1%eth0", "[IPv6:fe80::1]"),
 ])
 def test_address_literals(peer: str, literal: str) -> None:
-    from msmtpd.smtp.message import address_literal
+    from msmtpd.net.peer import ip_literal as address_literal
 
     assert address_literal(peer) == literal

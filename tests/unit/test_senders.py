@@ -101,7 +101,7 @@ def test_the_option_is_made_absolute_and_needs_authentication(tmp_path: Path,
     for argv in (["--auth-file=users", "--senders=senders"], ["--auth-file=users", "--senders", "senders"],
                  ["--auth=alice", "--sen=senders"]):
         assert parse_args(argv).senders == str(tmp_path / "senders")
-    with pytest.raises(Exception, match="--senders needs --auth or --auth-file"):
+    with pytest.raises(Exception, match="--senders needs --auth, --auth-file or --unix-login"):
         parse_args(["--senders=senders"])
 
 

@@ -45,7 +45,7 @@ from tests.helpers import (
     wait_for_port,
     wait_until,
 )
-from tests.support.service_files import ETC, stop_xinetd
+from tests.support.service_files import ETC, start_xinetd, stop_xinetd
 
 INIT_SCRIPT = ETC / "init.d" / "msmtpd"
 
@@ -455,13 +455,7 @@ def test_xinetd_with_shipped_service(tmp_path: Path) -> None:
     changed = [(a, b) for a, b in zip(shipped.read_text().splitlines(), copy.read_text().splitlines())
                if a != b]
     assert len(changed) == 4, changed
-    config = tmp_path / "xinetd.conf"
-    config.write_text(f"defaults\n{{\n\tlog_type = FILE {tmp_path / 'xinetd.log'}\n}}\n"
-                      f"includedir {services}\n")
-    with (tmp_path / "xinetd.out").open("wb") as out:
-        server = subprocess.Popen([xinetd, "-dontfork", "-f", str(config),
-                                   "-pidfile", str(tmp_path / "xinetd.pid")],
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    server = start_xinetd(xinetd, tmp_path, services)
     try:
         wait_for_port(port, process=server)
         message = tmp_path / "message.txt"

@@ -36,7 +36,7 @@ from tests import helpers
 from tests.helpers import kill_quietly, received_headers
 from tests.support.inetd import TinyInetd, finish
 from tests.support.netns import HOST_ADDRESS, PEER_ADDRESS, veth_namespace
-from tests.support.service_files import ETC, stop_xinetd
+from tests.support.service_files import ETC, start_xinetd, stop_xinetd
 from tests.support.tls_daemons import (
     WAIT,
     Certs,
@@ -1246,13 +1246,7 @@ def test_xinetd_delivers_over_tls(certs: Certs, tmp_path: Path, marker: str, mod
         lines.append(line)
     assert changed == 4, lines
     (services / "msmtpd").write_text("\n".join(lines) + "\n")
-    config = tmp_path / "xinetd.conf"
-    config.write_text(f"defaults\n{{\n\tlog_type = FILE {tmp_path / 'xinetd.log'}\n}}\n"
-                      f"includedir {services}\n")
-    with (tmp_path / "xinetd.out").open("wb") as out:
-        server = subprocess.Popen([xinetd, "-dontfork", "-f", str(config),
-                                   "-pidfile", str(tmp_path / "xinetd.pid")],
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    server = start_xinetd(xinetd, tmp_path, services)
     try:
         helpers.wait_for_port(port, process=server)
         with smtp_client(port, certs, mode) as smtp:

@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import stat
+import time
 from typing import IO, Any, Callable, Optional, Union
 
 # No single poll waits longer than this, whatever the timeout.
@@ -21,6 +22,13 @@ MAX_POLL_SECONDS = 3600.0
 # A write to a pipe or terminal of at most PIPE_BUF octets never blocks
 # once poll says it is writable.
 PIPE_WRITE = select.PIPE_BUF
+# A lingering close (as web servers do): after our last reply and our FIN,
+# what the client still sends is read and dropped until it closes too, for
+# at most LINGER_SECONDS and LINGER_OCTETS, so that closing on unread input
+# (an RST) cannot destroy that last reply in the client's buffers.
+LINGER_SECONDS = 0.5
+LINGER_OCTETS = 1 << 20
+LINGER_CHUNK = 65536
 
 Endpoint = Union[socket.socket, int]
 
@@ -192,15 +200,40 @@ class TLSTransport(Transport):
             self.socket.unwrap()
         except (OSError, ValueError):
             pass  # want-read (the alert is out), want-write or a client gone: close anyway
-        _shut(self.socket)
+        _shut(self.socket, linger=False)
 
 
-def _shut(sock: socket.socket) -> None:
+def _shut(sock: socket.socket, linger: bool = True) -> None:
+    """FIN after our last reply, then close.  With ``linger`` (a plain
+    socket), what the client sent and we never read (commands pipelined
+    behind a refusal, anything after QUIT) is read and dropped until the
+    client closes its side, within LINGER_SECONDS: closing a socket with
+    unread input sends RST instead of FIN, and an RST can destroy our last
+    reply (554, 421, 221) before the client has read it."""
     try:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
-        pass  # the client is gone already
+        sock.close()  # the client is gone already
+        return
+    if linger:
+        _linger(sock)
     sock.close()
+
+
+def _linger(sock: socket.socket) -> None:
+    deadline = time.monotonic() + LINGER_SECONDS
+    dropped = 0
+    try:
+        while dropped < LINGER_OCTETS:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                return
+            chunk = sock.recv(LINGER_CHUNK, socket.MSG_DONTWAIT)
+            if not chunk:
+                return  # the client closed too
+            dropped += len(chunk)
+    except OSError:
+        return  # reset by the client, or nothing after all
 
 
 class MemoryTransport(Transport):

@@ -37,6 +37,8 @@ GAP = 0.25
 # A session connects and says EHLO this long before its AUTH.
 LEAD = 0.5
 TOLERANCE = 0.10
+# Measurements before the verdict (see the test).
+MEASUREMENTS = 2
 
 
 
@@ -118,14 +120,32 @@ def test_known_and_unknown_users_take_the_same_time(tmp_path: Path) -> None:
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:  # turns the delay on
             smtp.ehlo("timing.test")
             assert smtp.docmd(plain(b"mallory", b"first"))[0] == 535
-        tries = [Try(group, *make()) for _ in range(TRIES) for group, make in GROUPS.items()]
-        first = time.perf_counter() + LEAD + 0.1
-        threads = [threading.Thread(target=one.run, args=(server.host, server.port, first + i * GAP))
-                   for i, one in enumerate(tries)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        # A busy machine (another process taking a core for a while) can
+        # slow one group's checks: one measurement is repeated before the
+        # verdict, never more, so a real difference still fails.
+        verdicts = []
+        for _ in range(MEASUREMENTS):
+            differs, shown = measure(server)
+            verdicts.append(shown)
+            if not differs:
+                break
+        else:
+            raise AssertionError(f"{differs} differs in every measurement: {verdicts}")
+    print(f"median work after the {FAILURE_DELAY:g} s delay: {verdicts[-1]}")
+
+
+def measure(server: helpers.Server) -> Tuple[str, str]:
+    """The tries of every group, interleaved; the first group whose median
+    work differs from the unknown user's by TOLERANCE or more ("" when none
+    does) and the medians as text."""
+    tries = [Try(group, *make()) for _ in range(TRIES) for group, make in GROUPS.items()]
+    first = time.perf_counter() + LEAD + 0.1
+    threads = [threading.Thread(target=one.run, args=(server.host, server.port, first + i * GAP))
+               for i, one in enumerate(tries)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
     assert not [t.error for t in tries if t.error], [(t.group, t.error) for t in tries if t.error]
     for one in tries:
         expected = 501 if one.group == "malformed exchange" else 535
@@ -136,6 +156,6 @@ def test_known_and_unknown_users_take_the_same_time(tmp_path: Path) -> None:
     shown = ", ".join(f"{group} {seconds * 1000:.1f} ms" for group, seconds in work.items())
     reference = work["unknown user"]
     assert reference > 0.02, f"bcrypt does not dominate the measurement: {shown}"
-    for group, seconds in work.items():
-        assert abs(seconds - reference) < TOLERANCE * reference, f"{group} differs: {shown}"
-    print(f"median work after the {FAILURE_DELAY:g} s delay: {shown}")
+    differing = [group for group, seconds in work.items()
+                 if abs(seconds - reference) >= TOLERANCE * reference]
+    return (differing[0] if differing else ""), shown

@@ -16,6 +16,8 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional
 
+from msmtpd.base.logger import log
+
 # A request head bigger than this is not Prometheus: 431 (RFC 6585 section 5).
 MAX_REQUEST_HEAD = 8192
 # Connections served at once; a scraper needs one.
@@ -26,7 +28,7 @@ METRICS_PATH = "/metrics"
 # Methods that read (RFC 9110 section 9.3); others are 405 with Allow.
 ALLOWED = "GET, HEAD"
 STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-               431: "Request Header Fields Too Large"}
+               431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
 
 class _Client:
@@ -48,7 +50,12 @@ def answer(head: bytes, render: Callable[[], str]) -> bytes:
         return _response(404, "not found: try /metrics\n")
     if method not in ("GET", "HEAD"):
         return _response(405, "only GET\n", extra=f"Allow: {ALLOWED}\r\n")
-    response = _response(200, render(), content_type=CONTENT_TYPE)
+    try:
+        exposition = render()
+    except Exception as exc:  # a scrape must never bring the master down
+        log.error("--metrics: cannot render the metrics: %s", exc)
+        return _response(500, "cannot render the metrics\n")
+    response = _response(200, exposition, content_type=CONTENT_TYPE)
     if method == "HEAD":
         return response.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
     return response

@@ -76,6 +76,13 @@ def test_http_answers(request_head: bytes, status: bytes) -> None:
     assert b"\r\nConnection: close\r\n" in response
 
 
+def test_a_failing_render_is_a_500_not_a_dead_master() -> None:
+    def broken() -> str:
+        raise OSError("disk gone")
+
+    assert answer(b"GET /metrics HTTP/1.1", broken).startswith(b"HTTP/1.1 500 ")
+
+
 @pytest.mark.parametrize("text, expected", [
     ("127.0.0.1:9125", ("127.0.0.1", 9125)),
     ("[::1]:9125", ("::1", 9125)),

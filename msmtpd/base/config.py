@@ -12,7 +12,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
-    from typing import List, Optional, Union
+    from typing import List, Optional, Tuple, Union
 
     Network = Union[IPv4Network, IPv6Network]
 
@@ -80,6 +80,7 @@ class Config:
     tls_implicit: bool
     tls_required: bool
     idle_exit: Optional[float]
+    metrics: Optional[Tuple[str, int]]  # --metrics: where the HTTP endpoint listens
     auth_file: Optional[str]
     senders: Optional[str]  # an absolute path
     allow: List[Network]
@@ -179,6 +180,18 @@ def parse_auth(text: str) -> tuple[str, Optional[str]]:
     if comma and not passwordeval.strip():
         raise ConfigError("invalid --auth: the passwordeval command after ',' is empty")
     return user, (passwordeval if comma else None)
+
+
+def parse_listen_address(text: str) -> Tuple[str, int]:
+    """``--metrics``: ``ADDR:PORT`` or ``[IPv6]:PORT``, an IP address (no
+    Unix socket: Prometheus scrapes over TCP)."""
+    address, colon, port = text.rpartition(":")
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    if not colon or not address or is_unix_path(address):
+        raise ConfigError(f"invalid --metrics '{text[:60]}': expected ADDR:PORT"
+                          " (127.0.0.1:9125, [::1]:9125)")
+    return parse_interface(address), parse_port(port)
 
 
 def parse_network(text: str, option: str = "--allow") -> Network:

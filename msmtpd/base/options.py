@@ -33,6 +33,7 @@ from msmtpd.base.config import (
     parse_directory,
     parse_duration,
     parse_interface,
+    parse_listen_address,
     parse_mode,
     parse_network,
     parse_port,
@@ -219,6 +220,10 @@ OPTIONS = (
     Option("--queue-flush", "try every queued mail now, once (through the daemon",
            f"on DIR if one runs); exit {EXIT_OK} if the queue is then",
            f"empty, {EXIT_TEMPFAIL} if mails remain"),
+    Option("--metrics", "serve Prometheus metrics over HTTP at",
+           "http://ADDR:PORT/metrics; keep ADDR on loopback",
+           "(default: none)",
+           value="ADDR:PORT", check=_value_only(parse_listen_address)),
     Option("--check", "connect to the first --interface and --port, send",
            f"EHLO and QUIT, exit {EXIT_OK} if all answered 2xx, else {EXIT_FAILURE}"),
 )

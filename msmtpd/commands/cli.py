@@ -145,6 +145,9 @@ def parse_args(argv: Sequence[str]) -> Config:
     config.spare_workers = min(config.spare_workers, config.max_sessions)
     if config.inetd and (config.daemon or config.pidfile):
         raise UsageError("--inetd cannot be combined with --daemon or --pidfile")
+    if config.inetd and config.metrics is not None:
+        raise UsageError("--metrics cannot be combined with --inetd (one process per session:"
+                         " nothing to count across them)")
     if config.auth_user is not None and config.auth_file is not None:
         raise UsageError("--auth and --auth-file cannot be combined")
     if config.check:

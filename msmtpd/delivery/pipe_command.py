@@ -14,7 +14,7 @@ import selectors
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Sequence
 
 from msmtpd.base.config import DEFAULT_COMMAND
 from msmtpd.base.logger import ERROR, INFO, log
@@ -381,15 +381,20 @@ class Deliverer:
     """The session's delivery hook: runs the command and logs the result."""
 
     def __init__(self, command: PipeCommand, timeout: Optional[float], peer: str = "",
-                 interrupt: Optional[Interrupt] = None) -> None:
+                 interrupt: Optional[Interrupt] = None, counters: Any = None) -> None:
         self.command = command
         self.timeout = timeout
         self.who = peer or "client"  # the peer as a log line names it
         self.interrupt = interrupt
+        self.counters = counters  # --metrics: msmtpd.base.metrics.Counters
+
+    accepted_as = "delivered"  # what --metrics calls a mail this hook took
 
     def __call__(self, envelope: Envelope, spool: Spool) -> Reply:
         outcome = deliver(self.command, envelope.sender, envelope.recipients,
                           spool.contents(), self.timeout, self.interrupt)
+        if self.counters is not None:
+            self.counters.observe_delivery(outcome.seconds)
         level = INFO if outcome.delivered else ERROR
         detail = summarise_stderr(outcome.stderr)
         log.log(level, "%s: mail from <%s> to %s, %d octets: %s, %s in %.3f s%s",

@@ -23,7 +23,7 @@ import select
 import threading
 import time
 from collections import deque
-from typing import Deque, Dict, NamedTuple, Optional
+from typing import Any, Deque, Dict, NamedTuple, Optional
 
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.base.safe_files import UnsafeFile, owner_name
@@ -69,8 +69,9 @@ class Attempts:
     runner, through ``results``."""
 
     def __init__(self, queue: Queue, command: PipeCommand, timeout: float, lifetime: float,
-                 workers: int) -> None:
+                 workers: int, counters: Any = None) -> None:
         self.queue = queue
+        self.counters = counters  # --metrics: msmtpd.base.metrics.Counters
         self.command = command
         self.timeout = timeout
         self.lifetime = lifetime
@@ -162,7 +163,15 @@ class Attempts:
                 return self._give_up(mail_id, envelope, f"{damage}; not delivered", ran=False)
             outcome = deliver(self.command, envelope.sender, envelope.recipients, handle.fileno(),
                               self.timeout, self.stopper)
+            self._count(outcome)
             return self._record(mail_id, envelope, outcome)
+
+    def _count(self, outcome: Outcome) -> None:
+        if self.counters is not None:
+            self.counters.observe_delivery(outcome.seconds)
+            code = outcome.reply.code
+            result = "delivered" if code < 400 else "tempfail" if code < 500 else "permfail"
+            self.counters.add("msmtpd_queue_deliveries_total", result)
 
     def _due_envelope(self, mail_id: str, force: bool) -> QueuedEnvelope | AttemptResult:
         """The locked mail's envelope when it is to be delivered now, else

@@ -16,7 +16,7 @@ import select
 import signal
 import stat
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 from msmtpd.base.logger import log
@@ -238,10 +238,13 @@ def _drain(fd: int) -> bytes:
 
 
 def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: float,
-               workers: int, grace: float, user: Optional[str], master_pid: int) -> None:
+               workers: int, grace: float, user: Optional[str], master_pid: int,
+               counters: Any = None) -> None:
     """The forked runner's whole life (after processes.fork_child's set-up);
-    never returns."""
+    never returns.  ``counters`` (--metrics): the runner writes their last slot."""
     code = EXIT_FAILURE
+    if counters is not None:
+        counters.use_slot(counters.slots - 1)
     try:
         queue = Queue(queue_dir)
         os.close(queue.open_directory())  # learns DIR's owner: whom to deliver as
@@ -254,7 +257,7 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
             from msmtpd.system import privileges
 
             privileges.drop(user, QUEUE_LATE_MODULES)
-        attempts = Attempts(queue, command, timeout, lifetime, workers)
+        attempts = Attempts(queue, command, timeout, lifetime, workers, counters)
         code = Runner(attempts, master_pid, grace).serve()
     except BaseException as exc:
         try:

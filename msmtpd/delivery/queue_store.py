@@ -381,6 +381,8 @@ class Queuer:
     """The session's delivery hook under ``--queue``: store, wake the
     runner, answer 250 with the id; 451 when the mail cannot be stored."""
 
+    accepted_as = "queued"  # what --metrics calls a mail this hook took
+
     def __init__(self, queue: Queue, peer: str = "") -> None:
         self.queue = queue
         self.peer = peer

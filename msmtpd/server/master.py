@@ -53,7 +53,8 @@ class Master:
     """The supervisor: its loop, its signals, its children's ends, the stop."""
 
     def __init__(self, service: Service, sockets: List[socket.socket],
-                 pidfile: Optional[PidFile], ready_fd: Optional[int] = None) -> None:
+                 pidfile: Optional[PidFile], ready_fd: Optional[int] = None,
+                 metrics: Any = None) -> None:
         self.service = service
         self.config: Config = service.config
         self.sockets = sockets
@@ -65,7 +66,15 @@ class Master:
         self.stopping = False
         self.status = Status(self.config.max_sessions)
         self.last_busy = time.monotonic()
-        self.runner = RunnerSupervisor(self.config, service.command, self.children)  # --queue
+        counters = service.settings.counters
+        self.runner = RunnerSupervisor(self.config, service.command, self.children,
+                                       counters)  # --queue
+        # --metrics: its HTTP endpoint, served in this loop (net.metrics_http)
+        self.metrics = metrics
+        if metrics is not None:
+            from msmtpd.server.metrics_source import MetricsSource
+
+            metrics.render = MetricsSource(self.config, counters, self.pool)
 
     # -- life cycle -------------------------------------------------------
 
@@ -101,6 +110,8 @@ class Master:
         finally:
             # The last stage of the stop: no worker is left to accept.
             unix_socket.remove_all()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.pidfile is not None:
                 self.pidfile.remove()
 
@@ -142,11 +153,17 @@ class Master:
             # that pipe without reading it would spin.
             wake_fd = self.inbox.wake_fd
             watch = [wake_fd] if self.stopping else [wake_fd, self.pool.status_r]
-            ready, _, _ = select.select(watch, [], [], seconds)
+            metrics, writers = self.metrics, []
+            if metrics is not None:
+                watch, writers = [*watch, *metrics.readers()], metrics.writers()
+                seconds = metrics.wait(seconds)
+            ready, writable, _ = select.select(watch, writers, [], seconds)
         except InterruptedError:
             return
         if wake_fd in ready:
             self.inbox.drain()
+        if metrics is not None:
+            metrics.serve(ready, writable)
 
     # -- signals ----------------------------------------------------------
 
@@ -278,6 +295,8 @@ class Master:
     def _private_fds(self) -> List[int]:
         """What no child may keep: the readiness pipe and the pid file."""
         fds = [] if self.ready_fd is None else [self.ready_fd]
+        if self.metrics is not None:
+            fds += self.metrics.fds()
         if self.pidfile is not None and self.pidfile.fd is not None:
             fds.append(self.pidfile.fd)
         return fds
@@ -326,16 +345,27 @@ def _start(config: Config, sockets: List[socket.socket], tls_context: Any) -> in
         import multiprocessing
 
         shared = multiprocessing.get_context("fork").Value("d", 0.0)
-    service = prepare(config, shared, tls_context)
+    counters: Any = None
+    if config.metrics is not None:
+        from msmtpd.base.metrics import Counters
+
+        counters = Counters(config.max_sessions + 1)  # a slot per worker, the last the runner's
+    service = prepare(config, shared, tls_context, counters)
     _hand_log_to_user(config, service.log_handler)
     pidfile = None
     if config.pidfile is not None:
         pidfile = PidFile(config.pidfile)
         pidfile.acquire()
+    metrics = None
+    if counters is not None:
+        from msmtpd.server.metrics_source import open_endpoint
+
+        metrics = open_endpoint(config)  # bound now: an error still reaches the terminal
     if config.daemon:
         from msmtpd.system.daemonize import run_detached
 
-        return run_detached(lambda ready_fd: Master(service, sockets, pidfile, ready_fd).run(),
-                            keep=[*sockets, pidfile.fd if pidfile else None,
-                                  service.log_handler], log_to_stderr=config.log == "-")
-    return Master(service, sockets, pidfile).run()
+        return run_detached(
+            lambda ready_fd: Master(service, sockets, pidfile, ready_fd, metrics).run(),
+            keep=[*sockets, pidfile.fd if pidfile else None, service.log_handler,
+                  metrics.listener if metrics else None], log_to_stderr=config.log == "-")
+    return Master(service, sockets, pidfile, metrics=metrics).run()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from msmtpd.base.config import Config
 from msmtpd.base.logger import log
@@ -22,10 +22,12 @@ RUNNER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 class RunnerSupervisor:
     """One queue runner, replaced when it dies; nothing without --queue."""
 
-    def __init__(self, config: Config, command: PipeCommand, children: ChildTable) -> None:
+    def __init__(self, config: Config, command: PipeCommand, children: ChildTable,
+                 counters: Any = None) -> None:
         self.config = config
         self.command = command
         self.children = children
+        self.counters = counters  # --metrics: the runner counts its deliveries
         self.backoff = Backoff()
 
     @property
@@ -44,7 +46,7 @@ class RunnerSupervisor:
         config, master = self.config, os.getpid()
         pid = fork_child(RUNNER_SIGNALS, inherited(), f"queue runner {queue}", lambda: run_runner(
             queue, self.command, config.command_timeout, config.queue_lifetime,
-            config.queue_workers, config.timeout, config.user, master))
+            config.queue_workers, config.timeout, config.user, master, self.counters))
         self.children.add(Child(pid, RUNNER, time.monotonic()))
 
     def signal(self, signum: int) -> None:

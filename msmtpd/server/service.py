@@ -65,12 +65,15 @@ class Service:
 
             deliver = Queuer(Queue(self.config.queue), peer.name)
         else:
-            deliver = Deliverer(self.command, self.config.command_timeout, peer.name, interrupt)
+            deliver = Deliverer(self.command, self.config.command_timeout, peer.name, interrupt,
+                                self.settings.counters)
         return Session(connection, self.settings, deliver, peer)
 
 
-def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = None) -> Service:
-    """Check everything that can fail at start-up; raises ConfigError."""
+def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = None,
+            counters: Any = None) -> Service:
+    """Check everything that can fail at start-up; raises ConfigError.
+    ``counters``: --metrics' shared msmtpd.base.metrics.Counters."""
     try:
         command = PipeCommand(config.command)
     except ValueError as exc:
@@ -96,6 +99,7 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
                         shell_safe=config.shell_safe_addresses, tls=tls_context,
                         tls_implicit=config.tls_implicit, tls_required=config.tls_required,
                         unix_login=config.unix_login)
+    settings.counters = counters
     if config.auth_user is not None:
         from msmtpd.policy.passwords import FailureClock, PasswordCheck, obtain_password
 

@@ -145,6 +145,9 @@ class Worker:
         self.signals = RecordedSignals(retire=True)  # SIGTERM, SIGHUP, SIGUSR2
         self.signals.inbox.unblock()
         self.wake_fd = self.signals.wake_fd
+        counters = self.service.settings.counters
+        if counters is not None:
+            counters.use_slot(self.slot)  # the slot's counts outlive this process
         if self.user is not None:
             privileges.drop(self.user, LATE_MODULES)
 
@@ -177,8 +180,11 @@ class Worker:
                               watch=self, peer=peer)
             try:
                 client = self.service.client_of(wire, peer)
-                if client is None:
-                    return  # a trusted proxy's header was wrong: no greeting
+                if client is None:  # a trusted proxy's header was wrong: no greeting
+                    counters = self.service.settings.counters
+                    if counters is not None:
+                        counters.add("msmtpd_sessions_total", "proxy_refused")
+                    return
                 if client is not peer:
                     set_title(f"session {client.name} via {peer.name}")
                 self.session = self.service.session(wire, client, interrupt=self)

@@ -113,7 +113,7 @@ class ChunkingVerbs(TransactionVerbs):
         envelope.chunks = None  # the spool is the delivery's now
         self.envelope = None
         try:
-            return self.deliver(envelope, message.spool)
+            return self.deliver_counted(envelope, message.spool)
         finally:
             message.close()
 

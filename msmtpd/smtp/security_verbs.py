@@ -39,7 +39,9 @@ class SecurityVerbs(SessionState):
         if not self.connection.can_start_tls:
             return replies.TLS_UNAVAILABLE
         self.reply(replies.READY_FOR_TLS, final=True)
-        log.info("%s: TLS started: %s", self.who, self.connection.start_tls(self.settings.tls))
+        description = self.connection.start_tls(self.settings.tls)
+        self.count_tls(description)
+        log.info("%s: TLS started: %s", self.who, description)
         # RFC 3207 section 4.2: forget everything learnt in plain text.
         self.helo = None
         self.esmtp = False
@@ -87,9 +89,11 @@ class SecurityVerbs(SessionState):
         if matched and as_self:
             self.authenticated_user = user
             log.info("%s: authenticated as %s", self.who, user)
+            self.count("msmtpd_auth_total", "success")
             return replies.AUTH_OK
         auth.failed()
         self.auth_failures += 1
+        self.count("msmtpd_auth_total", "failure")
         if as_self:
             log.info("%s: authentication failed for user %s", self.who, user)
             reply = replies.AUTH_FAILED
@@ -98,6 +102,7 @@ class SecurityVerbs(SessionState):
                      self.who, user, exchange.authzid.decode("utf-8", "replace"))
             reply = replies.AUTH_OTHER_IDENTITY
         if self.auth_failures >= MAX_AUTH_FAILURES:
+            self.ending = "auth_failures"
             self.reply(reply)
             return replies.TOO_MANY_AUTH_FAILURES.format(host=self.settings.hostname)
         return reply

@@ -65,10 +65,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Ending(NamedTuple):
-    """How a session ends on an exception: the log line after the peer's
+    """How a session ends on an exception: its name in --metrics
+    (``msmtpd_sessions_total{ending=...}``), the log line after the peer's
     name (None: none), and the last reply (None: no reply can reach the
     client, or none is owed)."""
 
+    metric: str
     exception: Type[BaseException]
     message: Optional[str]  # formatted with {exc} and {unproductive} (seconds)
     reply: Optional[Reply]  # formatted with {host}
@@ -79,19 +81,23 @@ class Ending(NamedTuple):
 # matches wins, so a subclass stands before its base (DataTooSlow is a
 # TimeoutError; TimeoutError, TLSFailed and ClientNotReading are OSErrors).
 ENDINGS = (
-    Ending(DataTooSlow, "data too slow (under the minimum rate); nothing delivered",
-           replies.DATA_TOO_SLOW),
-    Ending(TimeoutError, "idle timeout", replies.TIMEOUT),
-    Ending(ShutdownRequested, "closing for shutdown", replies.SHUTTING_DOWN),
-    Ending(Overloaded, "too busy: closing a session without progress for {unproductive:.0f} s"
-           " while clients wait", replies.OVERLOADED),
-    Ending(Closed, None, None),
-    Ending(TLSFailed, "TLS handshake failed: {exc}", None),
-    Ending(TLSUnavailable, "--tls-implicit needs a socket, not a pipe", None, ERROR),
-    Ending(ClientNotReading, "client does not read its replies; dropped", None),
-    Ending(OSError, "connection lost: {exc}", None),  # the connection broke
+    Ending("data_too_slow", DataTooSlow,
+           "data too slow (under the minimum rate); nothing delivered", replies.DATA_TOO_SLOW),
+    Ending("timeout", TimeoutError, "idle timeout", replies.TIMEOUT),
+    Ending("shutdown", ShutdownRequested, "closing for shutdown", replies.SHUTTING_DOWN),
+    Ending("overload", Overloaded, "too busy: closing a session without progress for"
+           " {unproductive:.0f} s while clients wait", replies.OVERLOADED),
+    Ending("closed", Closed, None, None),
+    Ending("tls_failed", TLSFailed, "TLS handshake failed: {exc}", None),
+    Ending("tls_unavailable", TLSUnavailable, "--tls-implicit needs a socket, not a pipe", None,
+           ERROR),
+    Ending("client_not_reading", ClientNotReading, "client does not read its replies; dropped",
+           None),
+    Ending("connection_lost", OSError, "connection lost: {exc}", None),  # the connection broke
 )
 ENDING_EXCEPTIONS = tuple(ending.exception for ending in ENDINGS)
+# Endings without an exception (also names in msmtpd_sessions_total).
+QUIT, DISCONNECT, ERROR_LIMIT, ALLOW_REFUSED = "quit", "disconnect", "error_limit", "allow_refused"
 
 
 Handler = Callable[["Session", str], Optional[Reply]]
@@ -114,14 +120,17 @@ class Session(ChunkingVerbs, SecurityVerbs):
     def run(self) -> bool:
         """Serve until QUIT (True) or until the client goes away, idles too
         long or makes too many mistakes (False)."""
-        if not self._admitted():
-            return False
         try:
+            if not self._admitted():
+                self.ending = ALLOW_REFUSED
+                return False
             self._open()
             return self._serve()
         except ENDING_EXCEPTIONS as exc:
             self._end(exc)
             return False
+        finally:
+            self.count("msmtpd_sessions_total", self.ending)
 
     def _admitted(self) -> bool:
         """--allow, before TLS and before anything else: a refused client
@@ -131,6 +140,7 @@ class Session(ChunkingVerbs, SecurityVerbs):
         if allow is None or self.peer.is_unix or allow.permits(self.peer.address):
             return True
         log.info("refused %s: not in --allow", self.peer.name or "a client with no address")
+        self.count("msmtpd_refusals_total", "allow")
         self.reply(replies.ACCESS_DENIED, final=True)
         return False
 
@@ -139,6 +149,7 @@ class Session(ChunkingVerbs, SecurityVerbs):
         greeting; one log line says both."""
         if self.settings.tls is not None and self.settings.tls_implicit:
             tls = self.connection.start_tls(self.settings.tls)
+            self.count_tls(tls)
             log.info("session from %s over %s", self.peer.name or "unknown peer", tls)
         else:
             log.info("session from %s", self.peer.name or "unknown peer")
@@ -159,6 +170,7 @@ class Session(ChunkingVerbs, SecurityVerbs):
                 continue
             sent = self.reply(reply, final=reply.code in (221, 421))
             if reply.code == 221:
+                self.ending = QUIT
                 return sent
             if reply.code == 421:
                 return False
@@ -166,6 +178,7 @@ class Session(ChunkingVerbs, SecurityVerbs):
     def _end(self, exc: BaseException) -> None:
         """Log why the session ends and send its last reply, as ENDINGS says."""
         ending = next(ending for ending in ENDINGS if isinstance(exc, ending.exception))
+        self.ending = ending.metric
         if ending.message is not None:
             log.log(ending.level, "%s: %s", self.who, ending.message.format(
                 exc=exc, unproductive=self.connection.unproductive_seconds))
@@ -192,6 +205,7 @@ class Session(ChunkingVerbs, SecurityVerbs):
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
             self.reply(reply)
             log.info("%s: too many errors", self.who)
+            self.ending = ERROR_LIMIT
             return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
         return reply
 

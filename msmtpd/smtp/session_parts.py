@@ -52,6 +52,9 @@ class Settings:
         self.allow = allow  # --allow: the client networks that may connect
         self.senders = senders  # --senders: whom each authenticated user may send as
         self.unix_login = unix_login  # --unix-login: a Unix-socket caller is its uid's user
+        # --metrics: the shared msmtpd.base.metrics.Counters (None: nothing counted,
+        # and that module never imported)
+        self.counters: Any = None
 
 
 class Envelope:

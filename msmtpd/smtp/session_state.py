@@ -36,6 +36,7 @@ class SessionState:
         self.errors = 0  # error replies in a row
         self.auth_failures = 0
         self.after_crlf = True  # the last command line ended in CRLF
+        self.ending = "disconnect"  # how the session ended, for --metrics
 
     @property
     def tls(self) -> Optional[str]:
@@ -71,6 +72,20 @@ class SessionState:
                 raise  # run() says why the session ended
             return False
         return True
+
+    def count(self, name: str, value: str, amount: float = 1.0) -> None:
+        """Add to a --metrics counter (msmtpd.base.metrics.FAMILIES)."""
+        counters = self.settings.counters
+        if counters is not None:
+            counters.add(name, value, amount)
+
+    def count_tls(self, description: str) -> None:
+        """A TLS handshake done: count it by protocol version."""
+        counters = self.settings.counters
+        if counters is not None:
+            from msmtpd.base.metrics import tls_version
+
+            counters.add("msmtpd_tls_sessions_total", tls_version(description))
 
     def needs_auth(self) -> bool:
         """``--auth`` or ``--auth-file`` and nobody authenticated yet."""

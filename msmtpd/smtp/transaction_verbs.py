@@ -52,6 +52,7 @@ class TransactionVerbs(SessionState):
         if user is not None and senders is not None and not senders.may_send(user, sender):
             log.info("%s: user %s may not send as <%s> (--senders)", self.who,
                      user, sender)
+            self._count_refusal("sender")
             return replies.SENDER_NOT_ALLOWED
         envelope.sender = sender
         self.envelope = envelope
@@ -68,6 +69,7 @@ class TransactionVerbs(SessionState):
                 limit = self.settings.max_size
                 # Over 20 digits is over any limit (and int() refuses 4300).
                 if limit and (len(value) > 20 or int(value) > limit):
+                    self._count_refusal("size")
                     return replies.MESSAGE_TOO_BIG.format(limit=limit)
             elif name == "BODY":
                 if value.upper() == "BINARYMIME":
@@ -144,16 +146,36 @@ class TransactionVerbs(SessionState):
 
     def _finish(self, envelope: Envelope, spool: Spool) -> Reply:
         """Answer the final dot: errors found while receiving come first."""
-        return self._spool_problem(envelope, spool) or self.deliver(envelope, spool)
+        return self._spool_problem(envelope, spool) or self.deliver_counted(envelope, spool)
+
+    def deliver_counted(self, envelope: Envelope, spool: Spool) -> Reply:
+        """Hand the mail over; --metrics counts it by the answer."""
+        reply = self.deliver(envelope, spool)
+        if reply.code < 400:
+            result = getattr(self.deliver, "accepted_as", "delivered")
+        else:
+            result = "tempfail" if reply.code < 500 else "permfail"
+        self._count_mail(result, spool.size)
+        return reply
+
+    def _count_mail(self, result: str, size: int) -> None:
+        self.count("msmtpd_mails_total", result)
+        self.count("msmtpd_mail_bytes_total", result, size)
+
+    def _count_refusal(self, reason: str, size: int = 0) -> None:
+        self.count("msmtpd_refusals_total", reason)
+        self._count_mail("refused", size)
 
     def _spool_problem(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
         """The reply to a message over --max-size or one the spool lost."""
         if spool.too_big:
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
                      self.who, envelope.sender, spool.size, spool.max_size)
+            self._count_refusal("size", spool.size)
             return replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
         if spool.error is not None:
             log.error("%s: cannot spool message: %s", self.who, spool.error)
+            self._count_mail("tempfail", spool.size)
             return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
         return None
 

@@ -24,7 +24,7 @@ from msmtpd.net.connection import (
 )
 from msmtpd.smtp import replies
 from msmtpd.smtp.chunking import ChunkingVerbs
-from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.replies import Reply, reply_text
 from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs
 from msmtpd.smtp.session_parts import Authenticator, Closed, Deliver, Envelope, Settings
 from msmtpd.smtp.transaction_verbs import (
@@ -73,6 +73,7 @@ class Ending(NamedTuple):
     message: Optional[str]  # formatted with {exc} and {unproductive} (seconds)
     reply: Optional[Reply]  # formatted with {host}
     level: int = INFO
+    reason: str = ""  # the JSON log's name for it
 
 
 # Every way a session ends but QUIT and end of input; the first that
@@ -80,16 +81,18 @@ class Ending(NamedTuple):
 # TimeoutError; TimeoutError, TLSFailed and ClientNotReading are OSErrors).
 ENDINGS = (
     Ending(DataTooSlow, "data too slow (under the minimum rate); nothing delivered",
-           replies.DATA_TOO_SLOW),
-    Ending(TimeoutError, "idle timeout", replies.TIMEOUT),
-    Ending(ShutdownRequested, "closing for shutdown", replies.SHUTTING_DOWN),
+           replies.DATA_TOO_SLOW, reason="data_too_slow"),
+    Ending(TimeoutError, "idle timeout", replies.TIMEOUT, reason="timeout"),
+    Ending(ShutdownRequested, "closing for shutdown", replies.SHUTTING_DOWN, reason="shutdown"),
     Ending(Overloaded, "too busy: closing a session without progress for {unproductive:.0f} s"
-           " while clients wait", replies.OVERLOADED),
+           " while clients wait", replies.OVERLOADED, reason="overloaded"),
     Ending(Closed, None, None),
-    Ending(TLSFailed, "TLS handshake failed: {exc}", None),
-    Ending(TLSUnavailable, "--tls-implicit needs a socket, not a pipe", None, ERROR),
-    Ending(ClientNotReading, "client does not read its replies; dropped", None),
-    Ending(OSError, "connection lost: {exc}", None),  # the connection broke
+    Ending(TLSFailed, "TLS handshake failed: {exc}", None, reason="tls_failed"),
+    Ending(TLSUnavailable, "--tls-implicit needs a socket, not a pipe", None, ERROR,
+           reason="tls_unavailable"),
+    Ending(ClientNotReading, "client does not read its replies; dropped", None,
+           reason="not_reading"),
+    Ending(OSError, "connection lost: {exc}", None, reason="connection_lost"),  # the connection broke
 )
 ENDING_EXCEPTIONS = tuple(ending.exception for ending in ENDINGS)
 
@@ -130,7 +133,9 @@ class Session(ChunkingVerbs, SecurityVerbs):
         allow = self.settings.allow
         if allow is None or self.peer.is_unix or allow.permits(self.peer.address):
             return True
-        log.info("refused %s: not in --allow", self.peer.name or "a client with no address")
+        log.info("refused %s: not in --allow", self.peer.name or "a client with no address",
+                 event="refused", peer=self.who, reason="allow",
+                 reply=reply_text(replies.ACCESS_DENIED))
         self.reply(replies.ACCESS_DENIED, final=True)
         return False
 
@@ -139,12 +144,15 @@ class Session(ChunkingVerbs, SecurityVerbs):
         greeting; one log line says both."""
         if self.settings.tls is not None and self.settings.tls_implicit:
             tls = self.connection.start_tls(self.settings.tls)
-            log.info("session from %s over %s", self.peer.name or "unknown peer", tls)
+            log.info("session from %s over %s", self.peer.name or "unknown peer", tls,
+                     event="session_start", peer=self.who, tls=str(tls))
         else:
-            log.info("session from %s", self.peer.name or "unknown peer")
+            log.info("session from %s", self.peer.name or "unknown peer", event="session_start",
+                     peer=self.who)
         if self.authenticated_user is not None:
             log.info("%s: logged in as %s by its uid (--unix-login)", self.who,
-                     self.authenticated_user)
+                     self.authenticated_user, event="auth", peer=self.who,
+                     user=self.authenticated_user, result="unix_login")
         self.reply(replies.GREETING.format(host=self.settings.hostname))
 
     def _serve(self) -> bool:
@@ -152,7 +160,8 @@ class Session(ChunkingVerbs, SecurityVerbs):
         while True:
             line = self.connection.readline(MAX_COMMAND_LINE + 1)
             if not line:
-                log.info("%s: client disconnected", self.who)
+                log.info("%s: client disconnected", self.who, event="session_end", peer=self.who,
+                         reason="disconnected")
                 return False
             reply = self.handle_line(line)
             if reply is None:
@@ -167,8 +176,9 @@ class Session(ChunkingVerbs, SecurityVerbs):
         """Log why the session ends and send its last reply, as ENDINGS says."""
         ending = next(ending for ending in ENDINGS if isinstance(exc, ending.exception))
         if ending.message is not None:
-            log.log(ending.level, "%s: %s", self.who, ending.message.format(
-                exc=exc, unproductive=self.connection.unproductive_seconds))
+            message = ending.message.format(exc=exc, unproductive=self.connection.unproductive_seconds)
+            log.log(ending.level, "%s: %s", self.who, message, event="session_end", peer=self.who,
+                    reason=ending.reason, error=message)
         if ending.reply is not None:
             self.reply(ending.reply.format(host=self.settings.hostname), final=True)
 
@@ -191,7 +201,8 @@ class Session(ChunkingVerbs, SecurityVerbs):
         self.errors += 1
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
             self.reply(reply)
-            log.info("%s: too many errors", self.who)
+            log.info("%s: too many errors", self.who, event="session_end", peer=self.who,
+                     reason="too_many_errors")
             return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
         return reply
 

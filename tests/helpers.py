@@ -4,6 +4,7 @@ pick free ports, start servers and wait for them, read Maildir deliveries."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -11,14 +12,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 SCRIPTS = Path(sys.executable).parent
 CI = os.environ.get("CI") == "true"
 WAIT = 15.0  # upper bound for any single wait on a process or socket that is not itself under test
+DEV_LOG = "/dev/log"
 
 LOW_BCRYPT_COST = 4  # the cheapest bcrypt hash htpasswd writes
 # what a --senders file holds in the tests of the file and of the daemons that read it
@@ -286,3 +289,59 @@ def make_queue(tmp_path: Path) -> Any:
     directory = tmp_path / "queue"
     prepare_directory(str(directory))
     return Queue(str(directory))
+
+
+# -- syslog ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dev_log(listening: bool) -> Iterator[Tuple[Optional[socket.socket], List[str]]]:
+    """What msmtpd finds at /dev/log, and the command prefix to run it under.
+
+    ``listening``: a datagram socket of ours receives what msmtpd logs;
+    otherwise nothing listens there.  When /dev/log is free, our socket is
+    bound right there (and removed afterwards); when a real syslog owns it,
+    msmtpd runs in a private mount namespace with our socket (or a plain
+    file nobody listens on) bind-mounted over /dev/log."""
+    directory = tempfile.mkdtemp(prefix="msmtpd-syslog-", dir="/tmp")  # short: AF_UNIX paths are small
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if listening else None
+    created: List[str] = []
+    try:
+        prefix: List[str] = []
+        if os.path.lexists(DEV_LOG):
+            path = os.path.join(directory, "log")
+            if sock is not None:
+                sock.bind(path)
+            else:
+                Path(path).touch()
+            prefix = [tool("unshare"), "--mount", "--propagation=private", "/bin/sh", "-c",
+                      'mount --bind "$0" /dev/log && exec "$@"', path]
+        elif sock is not None:
+            sock.bind(DEV_LOG)
+            created.append(DEV_LOG)
+        if sock is not None:
+            sock.settimeout(WAIT)
+        yield sock, prefix
+    finally:
+        if sock is not None:
+            sock.close()
+        for path in created:
+            os.unlink(path)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def syslog_entries(sock: socket.socket, until: Callable[[List[Tuple[int, int, str]]], bool]
+                   ) -> List[Tuple[int, int, str]]:
+    """(priority, pid, message) of each datagram until ``until`` is satisfied."""
+    entries: List[Tuple[int, int, str]] = []
+    deadline = time.monotonic() + WAIT
+    while not until(entries):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            datagram = sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError(f"syslog got only {entries}") from None
+        match = re.fullmatch(rb"<(\d+)>msmtpd\[(\d+)\]: (.*?)\x00?", datagram, re.S)
+        assert match, datagram
+        entries.append((int(match[1]), int(match[2]), match[3].decode()))
+    return entries

@@ -62,6 +62,7 @@ class Config:
     unix_login: bool
     port: int
     log: str  # "none", "syslog", "-" or an absolute path
+    log_format: str  # "text" or "json"
     command: str
     auth_user: Optional[str]
     auth_passwordeval: Optional[str]

@@ -29,7 +29,7 @@ SYSLOG_SOCKET = "/dev/log"
 MAX_LINE = 2000
 # A new log file: the logged addresses are not secret, the file is not for others to write.
 LOG_FILE_MODE = 0o644
-_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
                 logging.ERROR: "error", logging.CRITICAL: "error"}
 
 
@@ -90,7 +90,7 @@ class _Formatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         record.message = escape(record.message)
-        record.lowername = _LEVEL_NAMES.get(record.levelno, "info")
+        record.lowername = LEVEL_NAMES.get(record.levelno, "info")
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:  # noqa: N802
@@ -144,9 +144,10 @@ class _StderrHandler(_ReportOnce, logging.StreamHandler):  # type: ignore[type-a
         super().__init__(sys.stderr)
 
 
-def open_handler(target: str) -> Optional[logging.Handler]:
-    """The handler for a ``--log`` value; raises OSError when a log file
-    cannot be opened, so start-up can refuse with a clear line."""
+def open_handler(target: str, log_format: str = "text") -> Optional[logging.Handler]:
+    """The handler for a ``--log`` value, writing ``--log-format``'s lines;
+    raises OSError when a log file cannot be opened, so start-up can refuse
+    with a clear line."""
     if target == "none":
         return None
     handler: logging.Handler
@@ -157,7 +158,7 @@ def open_handler(target: str) -> Optional[logging.Handler]:
             pass
 
         handler = _SysLog(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        handler.setFormatter(_Formatter("msmtpd[%(process)d]: %(message)s"))
+        handler.setFormatter(_formatter(log_format, "msmtpd[%(process)d]: ", "msmtpd[%(process)d]: "))
         return handler
     if target == "-":
         if not _stderr_is_private():
@@ -165,9 +166,18 @@ def open_handler(target: str) -> Optional[logging.Handler]:
         handler = _StderrHandler()
     else:
         handler = ReopenableFileHandler(target, encoding="utf-8")
-    handler.setFormatter(_Formatter("%(asctime)s msmtpd[%(process)d] %(lowername)s: %(message)s",
-                                    "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(_formatter(log_format, "%(asctime)s msmtpd[%(process)d] %(lowername)s: ", ""))
     return handler
+
+
+def _formatter(log_format: str, text_prefix: str, json_prefix: str) -> logging.Formatter:
+    """Today's text lines, or (``--log-format=json``) one JSON object per
+    line; :mod:`json` is imported only for the latter."""
+    if log_format == "json":
+        from msmtpd.base.json_log import JsonFormatter
+
+        return JsonFormatter(json_prefix)
+    return _Formatter(text_prefix + "%(message)s", "%Y-%m-%d %H:%M:%S")
 
 
 def install(handler: Optional[logging.Handler]) -> None:

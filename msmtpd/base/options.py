@@ -28,6 +28,7 @@ from msmtpd.base.config import (
     MAX_QUEUE_WORKERS,
     MAX_SESSIONS,
     MAX_SIZE,
+    ConfigError,
     parse_auth,
     parse_count,
     parse_directory,
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 
 # --log values that are not a file name.
 LOG_KEYWORDS = ("none", "syslog", "-")
+# --log-format values: today's text lines, or one JSON object per event.
+LOG_FORMATS = ("text", "json")
 
 
 def _text(value: str, option: str) -> str:
@@ -63,6 +66,12 @@ def _absolute(path: str) -> str:
 
 def _log_target(value: str, option: str) -> str:
     return value if value in LOG_KEYWORDS else _absolute(value)
+
+
+def _log_format(value: str, option: str) -> str:
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"invalid {option} '{value}': expected {' or '.join(LOG_FORMATS)}")
+    return value
 
 
 def _value_only(parse: Callable[[str], Any]) -> Check:
@@ -134,6 +143,9 @@ OPTIONS = (
     Option("--log", "no logging (default), syslog (facility mail),",
            "append to FILE, or - for standard error",
            value="none|syslog|FILE|-", default="none", check=_log_target, original=True),
+    Option("--log-format", "text: one line per event as msmtpd writes it",
+           "(default); json: one JSON object per event",
+           value="text|json", default="text", check=_log_format),
     Option("--command", "pipe mails to CMD; the first %F becomes the envelope",
            "sender, recipients are appended",
            f"(default '{DEFAULT_COMMAND}')",

@@ -191,7 +191,7 @@ def _flush_here(queue: Queue, config: Config) -> int:
         from msmtpd.base import log_targets
 
         try:
-            log_targets.install(log_targets.open_handler(config.log))
+            log_targets.install(log_targets.open_handler(config.log, config.log_format))
         except OSError as exc:
             raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
     assert queue.owner is not None

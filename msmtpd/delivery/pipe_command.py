@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Sequence
 from msmtpd.base.config import DEFAULT_COMMAND
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.smtp import replies
-from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.replies import Reply, reply_text
+from msmtpd.smtp.session_parts import shown_recipients
 
 if TYPE_CHECKING:
     from msmtpd.smtp.message import Spool
@@ -43,8 +44,6 @@ STDERR_LOG_LINES = 3
 INTERRUPT_CHECK_SECONDS = 1.0
 # No single wait is longer than this, whatever --command-timeout says.
 MAX_WAIT_SECONDS = 3600.0
-# A log line names this many recipients, then "and N more".
-LOGGED_RECIPIENTS = 2
 # Characters that only mean something to a shell; any of them sends the
 # command through /bin/sh.
 SHELL_SIGNALLED = 128
@@ -194,7 +193,8 @@ def _abort_reason(exc: BaseException, pid: int, timeout: Optional[float]) -> Opt
     """Why the killed command is answered 451; None when ``exc`` is no
     reason of ours to end it (it goes on up, the command killed all the same)."""
     if isinstance(exc, _Interrupted):
-        log.error("killed delivery command %d and its process group: %s", pid, exc)
+        log.error("killed delivery command %d and its process group: %s", pid, exc,
+                  event="command_killed", command_pid=pid, reason=str(exc))
         return f"delivery interrupted: {exc}"
     if isinstance(exc, subprocess.TimeoutExpired):
         return f"command timed out after {timeout:g} s"
@@ -369,9 +369,16 @@ def summarise_stderr(stderr: str) -> str:
     return " | ".join(lines[:STDERR_LOG_LINES])
 
 
+def mail_result(outcome: Outcome) -> str:
+    """A delivery's result as the JSON log names it."""
+    if outcome.delivered:
+        return "delivered"
+    return "temporary_failure" if outcome.reply.code < 500 else "permanent_failure"
+
+
 def summarise_recipients(recipients: Sequence[str]) -> str:
     """``<a@x>, <b@x> and 998 more``: a log line stays short however many."""
-    shown = recipients if len(recipients) <= LOGGED_RECIPIENTS + 1 else recipients[:LOGGED_RECIPIENTS]
+    shown = shown_recipients(recipients)
     text = ", ".join(f"<{r}>" for r in shown)
     rest = len(recipients) - len(shown)
     return f"{text} and {rest} more" if rest else text
@@ -401,5 +408,8 @@ class Deliverer:
                 self.who, envelope.sender,
                 summarise_recipients(envelope.recipients), spool.size,
                 "delivered" if outcome.delivered else f"{outcome.reply.code} not delivered",
-                outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "")
+                outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "",
+                event="mail", peer=self.who, **envelope.log_fields(), size=spool.size,
+                result=mail_result(outcome), reply=reply_text(outcome.reply), status=outcome.status,
+                seconds=round(outcome.seconds, 3), stderr=detail or None)
         return outcome.reply

@@ -27,10 +27,19 @@ from typing import Any, Deque, Dict, NamedTuple, Optional
 
 from msmtpd.base.logger import ERROR, INFO, log
 from msmtpd.base.safe_files import UnsafeFile, owner_name
-from msmtpd.delivery.pipe_command import Outcome, PipeCommand, deliver, summarise_recipients, summarise_stderr
+from msmtpd.delivery.pipe_command import (
+    Outcome,
+    PipeCommand,
+    deliver,
+    mail_result,
+    summarise_recipients,
+    summarise_stderr,
+)
 from msmtpd.delivery.queue_decision import DEFER, REMOVE, Decision, MailState, decide, unrecorded_retry
 from msmtpd.delivery.queue_envelope import QueuedEnvelope
 from msmtpd.delivery.queue_store import Queue
+from msmtpd.smtp.replies import reply_text
+from msmtpd.smtp.session_parts import recipient_fields
 
 DELIVERED, DEFERRED, FAILED, BUSY = "delivered", "deferred", "failed", "busy"
 REFUSED = "refused"  # a file not to trust: looked at again at the next scan only
@@ -92,14 +101,16 @@ class Attempts:
         """A damaged envelope stays for a person to look at; say so once."""
         if mail_id not in self.reported:
             self.reported.add(mail_id)
-            log.error("queue %s: cannot read its envelope (%s); left in the queue",
-                      mail_id, getattr(exc, "strerror", None) or exc)
+            why = getattr(exc, "strerror", None) or exc
+            log.error("queue %s: cannot read its envelope (%s); left in the queue", mail_id, why,
+                      event="queue_unreadable", queue_id=mail_id, error=str(why))
 
     def report_refused(self, mail_id: str, why: object) -> AttemptResult:
         """A file that is no file to trust is never touched; say so once."""
         if mail_id not in self.reported:
             self.reported.add(mail_id)
-            log.error("queue %s: refused: %s; never read, delivered or removed", mail_id, why)
+            log.error("queue %s: refused: %s; never read, delivered or removed", mail_id, why,
+                      event="queue_refused_file", queue_id=mail_id, error=str(why))
         return AttemptResult(mail_id, REFUSED)
 
     @property
@@ -222,7 +233,8 @@ class Attempts:
         self.lost.pop(mail_id, None)
         log.info("queue %s: delivered after %d attempt%s, %.0f s in the queue", mail_id,
                  envelope.attempts, "" if envelope.attempts == 1 else "s",
-                 now - envelope.arrived)
+                 now - envelope.arrived, event="queue_delivered", queue_id=mail_id,
+                 attempts=envelope.attempts, queued_seconds=round(now - envelope.arrived, 3))
         return AttemptResult(mail_id, DELIVERED)
 
     def _give_up(self, mail_id: str, envelope: QueuedEnvelope, reason: str,
@@ -236,7 +248,9 @@ class Attempts:
         self.broken.pop(mail_id, None)
         log.error("queue %s: moved to failed/ after %d attempt%s: mail from <%s> to %s: %s", mail_id,
                   envelope.attempts, "" if envelope.attempts == 1 else "s", envelope.sender,
-                  summarise_recipients(envelope.recipients), reason)
+                  summarise_recipients(envelope.recipients), reason, event="queue_failed",
+                  queue_id=mail_id, attempts=envelope.attempts, sender=envelope.sender,
+                  **recipient_fields(envelope.recipients), reason=reason)
         return AttemptResult(mail_id, FAILED)
 
     def _cannot_record(self, mail_id: str, what: str, exc: Exception,
@@ -251,8 +265,10 @@ class Attempts:
             self.lost[mail_id] = self.lost.get(mail_id, 0) + 1
         delay = unrecorded_retry(attempts)
         next_try = time.time() + delay
-        log.error("queue %s: cannot %s: %s; next try in %.1f s", mail_id, what,
-                  getattr(exc, "strerror", None) or exc, delay)
+        why = getattr(exc, "strerror", None) or exc
+        log.error("queue %s: cannot %s: %s; next try in %.1f s", mail_id, what, why, delay,
+                  event="queue_unrecorded", queue_id=mail_id, action=what, error=str(why),
+                  retry_seconds=round(delay, 1))
         return AttemptResult(mail_id, DEFERRED, next_try)
 
 
@@ -266,4 +282,10 @@ def _log_attempt(mail_id: str, envelope: QueuedEnvelope, outcome: Outcome,
             "queue %s: attempt %d: mail from <%s> to %s: %s, %s in %.3f s%s%s", mail_id,
             envelope.attempts, envelope.sender, summarise_recipients(envelope.recipients),
             "delivered" if outcome.delivered else f"{outcome.reply.code} not delivered",
-            outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "", then)
+            outcome.status, outcome.seconds, f"; stderr: {detail}" if detail else "", then,
+            event="queue_attempt", queue_id=mail_id, attempt=envelope.attempts, peer=envelope.client,
+            sender=envelope.sender, **recipient_fields(envelope.recipients), size=envelope.size,
+            result=mail_result(outcome), reply=reply_text(outcome.reply), status=outcome.status,
+            seconds=round(outcome.seconds, 3), stderr=detail or None,
+            retry_seconds=(round(decision.next_try - decision.last_try, 1)
+                           if decision.action == DEFER else None))

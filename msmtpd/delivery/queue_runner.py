@@ -63,8 +63,9 @@ class Runner:
         inbox = SignalInbox(self, (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1))
         inbox.unblock()
         self._tidy()
+        queued = len(self.queue.ids())
         log.info("queue runner %d on %s: %d mails queued", os.getpid(), self.queue.directory,
-                 len(self.queue.ids()))
+                 queued, event="runner_start", queue=self.queue.directory, queued=queued)
         while True:
             inbox.dispatch()
             if self.stop_requested or master_gone(self.master_pid):
@@ -111,7 +112,8 @@ class Runner:
                 fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 if not self.sharing:
-                    log.error("queue %s is served by another runner as well; sharing it", directory)
+                    log.error("queue %s is served by another runner as well; sharing it", directory,
+                              event="runner_sharing", queue=directory)
                 self.sharing = True
                 return
             fifo = make_fifo(directory)
@@ -125,8 +127,9 @@ class Runner:
             self.fifo = reader
         except OSError as exc:
             if not self.unsafe_reported:
-                log.error("queue %s: no wake-ups: %s", directory,
-                          exc if isinstance(exc, UnsafeFile) else exc.strerror or exc)
+                why = exc if isinstance(exc, UnsafeFile) else exc.strerror or exc
+                log.error("queue %s: no wake-ups: %s", directory, why, event="runner_no_wakeups",
+                          queue=directory, error=str(why))
             self.unsafe_reported = True
             return
         try:  # for a person; nobody signals this pid
@@ -135,7 +138,8 @@ class Runner:
         except OSError:
             pass  # a full disk: the lock is what counts
         if self.sharing:
-            log.info("queue %s: runner %d takes over the wake-ups", directory, os.getpid())
+            log.info("queue %s: runner %d takes over the wake-ups", directory, os.getpid(),
+                     event="runner_takes_over", queue=directory)
 
     # -- signals, from the inbox (the runner stops on SIGTERM or when its
     # master is gone) --------------------------------------------------------
@@ -157,7 +161,8 @@ class Runner:
         # A mail being delivered right now gets one more attempt after
         # this one: its current one may have started before the request.
         self.forced = set(self.schedule)
-        log.info("queue: trying all %d queued mails now (%s)", len(self.forced), why)
+        log.info("queue: trying all %d queued mails now (%s)", len(self.forced), why,
+                 event="queue_flush", queued=len(self.forced), reason=why)
 
     def _scan(self) -> None:
         """Learn new mails from the directory and forget removed ones."""
@@ -216,7 +221,8 @@ class Runner:
         """Start nothing new; running deliveries get the grace time, then
         their commands are killed (each attempt records a 451)."""
         if self.attempts.running:
-            log.info("queue runner stopping: %d deliveries running", len(self.attempts.running))
+            log.info("queue runner stopping: %d deliveries running", len(self.attempts.running),
+                     event="runner_stop", running=len(self.attempts.running))
         if not self.attempts.wait_all(time.monotonic() + self.grace):
             self.attempts.stopper.fire("msmtpd is stopping and the grace time ran out")
             self.attempts.wait_all(time.monotonic() + STOP_MARGIN_SECONDS)
@@ -261,7 +267,7 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
         code = Runner(attempts, master_pid, grace).serve()
     except BaseException as exc:
         try:
-            log.error("queue runner failed: %s", exc)
+            log.error("queue runner failed: %s", exc, event="runner_failed", error=str(exc))
         finally:
             os._exit(EXIT_FAILURE)
     os._exit(code)

@@ -390,16 +390,24 @@ class Queuer:
     def __call__(self, envelope: SessionEnvelope, spool: Spool) -> Reply:
         from msmtpd.delivery.pipe_command import summarise_recipients
         from msmtpd.smtp import replies
+        from msmtpd.smtp.replies import reply_text
 
         queued = QueuedEnvelope(envelope.sender, envelope.recipients, time.time(), self.peer, spool.size)
         try:
             mail_id = self.queue.store(queued, spool.contents())
         except OSError as exc:
             reason = exc.strerror or str(exc)
+            failed = replies.QUEUE_FAILED.format(reason=reason)
             log.error("%s: cannot queue mail from <%s> to %s: %s", self.peer or "client",
-                      envelope.sender, summarise_recipients(envelope.recipients), reason)
-            return replies.QUEUE_FAILED.format(reason=reason)
+                      envelope.sender, summarise_recipients(envelope.recipients), reason,
+                      event="mail", peer=self.peer or "client", **envelope.log_fields(),
+                      size=spool.size, result="temporary_failure", reply=reply_text(failed),
+                      error=reason)
+            return failed
+        queued_reply = replies.QUEUED.format(id=mail_id)
         log.info("%s: queued %s: mail from <%s> to %s, %d octets", self.peer or "client", mail_id,
-                 envelope.sender, summarise_recipients(envelope.recipients), spool.size)
+                 envelope.sender, summarise_recipients(envelope.recipients), spool.size,
+                 event="mail", peer=self.peer or "client", **envelope.log_fields(), size=spool.size,
+                 result="queued", reply=reply_text(queued_reply), queue_id=mail_id)
         self.queue.wake()
-        return replies.QUEUED.format(id=mail_id)
+        return queued_reply

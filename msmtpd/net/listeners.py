@@ -112,4 +112,5 @@ def warn_if_open(config: Config, sockets: List[socket.socket]) -> None:
         return
     for where in reachable_from_outside(sockets):
         log.warning("anyone who can reach %s can send mail through msmtpd:"
-                    " use --allow, --auth or --auth-file to restrict it", where)
+                    " use --allow, --auth or --auth-file to restrict it", where,
+                    event="open_relay", listening=where)

@@ -53,7 +53,8 @@ def answer(head: bytes, render: Callable[[], str]) -> bytes:
     try:
         exposition = render()
     except Exception as exc:  # a scrape must never bring the master down
-        log.error("--metrics: cannot render the metrics: %s", exc)
+        log.error("--metrics: cannot render the metrics: %s", exc, event="metrics_error",
+                  error=str(exc))
         return _response(500, "cannot render the metrics\n")
     response = _response(200, exposition, content_type=CONTENT_TYPE)
     if method == "HEAD":

@@ -93,7 +93,9 @@ class Master:
             self._notify_ready("ready")
             self.status.ready()
             log.info("listening on %s with %d workers ready, up to %d", describe(self.sockets),
-                     self.pool.wanted(), self.config.max_sessions)
+                     self.pool.wanted(), self.config.max_sessions, event="start",
+                     listening=describe(self.sockets), workers=self.pool.wanted(),
+                     max_sessions=self.config.max_sessions)
             warn_if_open(self.config, self.sockets)
             self.last_busy = time.monotonic()
             while True:
@@ -101,7 +103,7 @@ class Master:
         except Halt as halt:
             message = str(halt)
             if message:
-                log.error("%s", message)
+                log.error("%s", message, event="halt", error=message)
                 self._notify_ready(f"error {message}")
                 if self.ready_fd is None and halt.code:
                     sys.stderr.write(f"msmtpd: {message}\n")
@@ -137,7 +139,8 @@ class Master:
             self.last_busy = now
         elif (self.config.idle_exit is not None and now - self.last_busy >= self.config.idle_exit
               and not self.runner.queue_holds_mail()):
-            log.info("no session for %g s: exiting until the next connection", self.config.idle_exit)
+            log.info("no session for %g s: exiting until the next connection", self.config.idle_exit,
+                     event="idle_exit", seconds=self.config.idle_exit)
             self.status.stopping()
             self._stop_workers(graceful=True)
             raise Halt("", 0)
@@ -174,12 +177,12 @@ class Master:
         from msmtpd.base import log_targets
 
         self.status.reloading()
-        log.info("reopening the log")
+        log.info("reopening the log", event="reload")
         log_targets.reopen()
         try:
             _hand_log_to_user(self.config, self.service.log_handler)
         except ConfigError as exc:
-            log.error("%s", exc)
+            log.error("%s", exc, event="reload_failed", error=str(exc))
         self.pool.signal(signal.SIGHUP)
         self.runner.signal(signal.SIGHUP)
         if reload_settings(self.config, self.service.settings):
@@ -188,7 +191,7 @@ class Master:
 
     def handle_term(self) -> None:
         self.status.stopping()
-        log.info("stopping: letting running sessions finish")
+        log.info("stopping: letting running sessions finish", event="stop")
         self._stop_workers(graceful=True)
         raise Halt("", 0)
 
@@ -232,7 +235,8 @@ class Master:
             except OSError:
                 continue
             killed += 1
-            log.error("ended delivery command %d: %s", pid, why)
+            log.error("ended delivery command %d: %s", pid, why, event="command_killed",
+                      command_pid=pid, reason=why)
         return killed
 
     def _spawn_missing(self) -> None:
@@ -265,10 +269,12 @@ class Master:
             self._sleep(0.05)
             self.reap()
         for child in self.children.workers():
-            log.error("worker %d did not stop in time; killing it", child.pid)
+            log.error("worker %d did not stop in time; killing it", child.pid,
+                      event="worker_killed", worker_pid=child.pid)
             kill(child.pid, signal.SIGKILL)
         if self.runner.pid is not None:
-            log.error("queue runner %d did not stop in time; killing it", self.runner.pid)
+            log.error("queue runner %d did not stop in time; killing it", self.runner.pid,
+                      event="runner_killed", runner_pid=self.runner.pid)
             self.runner.signal(signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT
         while time.monotonic() < deadline:
@@ -283,7 +289,8 @@ class Master:
     def handle_usr1(self) -> None:
         """Retry every queued mail now: the runner does it."""
         if self.runner.pid is not None:
-            log.info("SIGUSR1: asking the queue runner to try every queued mail now")
+            log.info("SIGUSR1: asking the queue runner to try every queued mail now",
+                     event="queue_flush")
             self.runner.signal(signal.SIGUSR1)
 
     def _keep_runner(self) -> None:

@@ -116,7 +116,7 @@ class WorkerPool:
     def renew(self) -> None:
         """New workers get what SIGHUP re-read; each old one leaves when its
         session is over."""
-        log.info("renewing the workers")
+        log.info("renewing the workers", event="workers_renewed")
         for child in self.children.workers():
             self.retire(child)
 
@@ -145,6 +145,7 @@ class WorkerPool:
         # Status 0 is a worker stopped from outside (SIGTERM sent to the
         # whole group), not a crash; it is replaced all the same.
         log.log(INFO if code == 0 else ERROR,
-                "worker %d ended (%s); replacing it", child.pid, exit_text(code))
+                "worker %d ended (%s); replacing it", child.pid, exit_text(code),
+                event="worker_ended", worker_pid=child.pid, status=exit_text(code))
         self.backoff.ended(child.died_young(code, time.monotonic()))
         return True

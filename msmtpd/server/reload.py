@@ -29,9 +29,11 @@ def _reload_tls(config: Config, settings: Settings) -> bool:
     try:
         settings.tls = load_context(config.tls_cert, config.tls_key)
     except ConfigError as exc:
-        log.error("keeping the old TLS certificate: %s", exc)
+        log.error("keeping the old TLS certificate: %s", exc, event="reload_failed",
+                  what="tls_certificate", error=str(exc))
         return False
-    log.info("TLS certificate reloaded from %s", config.tls_cert)
+    log.info("TLS certificate reloaded from %s", config.tls_cert, event="reloaded",
+             what="tls_certificate", file=config.tls_cert)
     return True
 
 
@@ -42,9 +44,11 @@ def _reload_accounts(config: Config, settings: Settings) -> bool:
     try:
         settings.auth = load_accounts(config.auth_file, settings.auth.clock)
     except ConfigError as exc:
-        log.error("keeping the old users: %s", exc)
+        log.error("keeping the old users: %s", exc, event="reload_failed", what="users",
+                  error=str(exc))
         return False
-    log.info("%d users reloaded from %s", len(settings.auth.users), config.auth_file)
+    log.info("%d users reloaded from %s", len(settings.auth.users), config.auth_file,
+             event="reloaded", what="users", file=config.auth_file, count=len(settings.auth.users))
     return True
 
 
@@ -55,7 +59,10 @@ def _reload_senders(config: Config, settings: Settings) -> bool:
     try:
         settings.senders = load_senders(config.senders)
     except ConfigError as exc:
-        log.error("keeping the old senders: %s", exc)
+        log.error("keeping the old senders: %s", exc, event="reload_failed", what="senders",
+                  error=str(exc))
         return False
-    log.info("senders of %d users reloaded from %s", len(settings.senders.bindings), config.senders)
+    log.info("senders of %d users reloaded from %s", len(settings.senders.bindings), config.senders,
+             event="reloaded", what="senders", file=config.senders,
+             count=len(settings.senders.bindings))
     return True

@@ -58,7 +58,8 @@ class RunnerSupervisor:
         caller must end the commands of its deliveries before a new runner
         may take their mails again."""
         code = os.waitstatus_to_exitcode(status)
-        log.error("queue runner ended (%s); replacing it", exit_text(code))
+        log.error("queue runner ended (%s); replacing it", exit_text(code), event="runner_ended",
+                  status=exit_text(code))
         self.backoff.ended(child.died_young(code, time.monotonic()))
 
     def queue_holds_mail(self) -> bool:

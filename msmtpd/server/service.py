@@ -49,9 +49,11 @@ class Service:
         try:
             header = read_proxy_header(connection)
         except ProxyHeaderError as exc:
-            log.info("%s: closed without a greeting: %s", peer.name, exc)
+            log.info("%s: closed without a greeting: %s", peer.name, exc, event="proxy_refused",
+                     peer=peer.name, error=str(exc))
             return None
-        log.info("%s: %s", peer.name, header.describe())
+        log.info("%s: %s", peer.name, header.describe(), event="proxy_header", peer=peer.name,
+                 client=header.source, header=header.describe())
         # LOCAL and UNKNOWN (no source) keep the real connection's peer.
         client = Peer(header.source, header.source_port) if header.source else peer
         connection.peer = client  # one peer for everything
@@ -83,7 +85,7 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
         from msmtpd.base import log_targets
 
         try:
-            handler = log_targets.open_handler(config.log)
+            handler = log_targets.open_handler(config.log, config.log_format)
         except OSError as exc:
             raise ConfigError(f"cannot open log file {config.log}: {exc.strerror}") from None
         log_targets.install(handler)

@@ -101,9 +101,9 @@ class WorkerServer(socketserver.BaseServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         import traceback
 
-        log.error(
-            "session with %s failed: %s", client_address,
-            traceback.format_exc().strip().splitlines()[-1])
+        error = traceback.format_exc().strip().splitlines()[-1]
+        log.error("session with %s failed: %s", client_address, error, event="session_failed",
+                  peer=str(client_address), error=error)
 
 
 class Worker:
@@ -247,7 +247,7 @@ class Worker:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return  # another worker won the race
         except OSError as exc:
-            log.error("accept failed: %s", exc.strerror)
+            log.error("accept failed: %s", exc.strerror, event="accept_failed", error=exc.strerror)
             return
         connection.setblocking(True)
         try:

@@ -96,7 +96,8 @@ class ChunkingVerbs(TransactionVerbs):
             message.spool.write(self._received_header(envelope), counted=False)
             envelope.chunks = message
         if self.connection.receive_octets(size, message.add) < size:
-            log.info("%s: client disconnected during BDAT; nothing delivered", self.who)
+            log.info("%s: client disconnected during BDAT; nothing delivered", self.who,
+                     event="session_end", peer=self.who, reason="disconnected_in_data")
             raise Closed()
         if last:
             message.finish()
@@ -135,7 +136,8 @@ class ChunkingVerbs(TransactionVerbs):
     def discard_chunk(self, size: int) -> None:
         """Read and drop the octets of a refused chunk (RFC 3030 section 2)."""
         if self.connection.receive_octets(size, _drop) < size:
-            log.info("%s: client disconnected", self.who)
+            log.info("%s: client disconnected", self.who, event="session_end", peer=self.who,
+                     reason="disconnected")
             raise Closed()
 
     def discard_refused(self, verb: str, argument: str) -> None:

@@ -29,6 +29,11 @@ class Reply(NamedTuple):
         return self.code >= 400
 
 
+def reply_text(reply: Reply) -> str:
+    """A reply as one log field: its code, then its text."""
+    return f"{reply.code} {reply.text}"
+
+
 GREETING = Reply(220, "{host} ESMTP msmtpd")
 BYE = Reply(221, "2.0.0 {host} closing connection")
 HELP = Reply(

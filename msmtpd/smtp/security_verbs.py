@@ -41,7 +41,8 @@ class SecurityVerbs(SessionState):
         self.reply(replies.READY_FOR_TLS, final=True)
         description = self.connection.start_tls(self.settings.tls)
         self.count_tls(description)
-        log.info("%s: TLS started: %s", self.who, description)
+        log.info("%s: TLS started: %s", self.who, description, event="tls", peer=self.who,
+                 tls=str(description))
         # RFC 3207 section 4.2: forget everything learnt in plain text.
         self.helo = None
         self.esmtp = False
@@ -88,18 +89,22 @@ class SecurityVerbs(SessionState):
         as_self = sasl.acts_as_self(exchange)
         if matched and as_self:
             self.authenticated_user = user
-            log.info("%s: authenticated as %s", self.who, user)
+            log.info("%s: authenticated as %s", self.who, user, event="auth", peer=self.who,
+                     user=user, result="success")
             self.count("msmtpd_auth_total", "success")
             return replies.AUTH_OK
         auth.failed()
         self.auth_failures += 1
         self.count("msmtpd_auth_total", "failure")
         if as_self:
-            log.info("%s: authentication failed for user %s", self.who, user)
+            log.info("%s: authentication failed for user %s", self.who, user, event="auth",
+                     peer=self.who, user=user, result="failure")
             reply = replies.AUTH_FAILED
         else:
+            authzid = exchange.authzid.decode("utf-8", "replace")
             log.info("%s: authentication failed for user %s: may not act as %s",
-                     self.who, user, exchange.authzid.decode("utf-8", "replace"))
+                     self.who, user, authzid, event="auth", peer=self.who, user=user,
+                     result="failure", authzid=authzid)
             reply = replies.AUTH_OTHER_IDENTITY
         if self.auth_failures >= MAX_AUTH_FAILURES:
             self.ending = "auth_failures"

@@ -24,7 +24,7 @@ from msmtpd.net.connection import (
 )
 from msmtpd.smtp import replies
 from msmtpd.smtp.chunking import ChunkingVerbs
-from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.replies import Reply, reply_text
 from msmtpd.smtp.security_verbs import MAX_AUTH_FAILURES, SecurityVerbs
 from msmtpd.smtp.session_parts import Authenticator, Closed, Deliver, Envelope, Settings
 from msmtpd.smtp.transaction_verbs import (
@@ -65,12 +65,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Ending(NamedTuple):
-    """How a session ends on an exception: its name in --metrics
-    (``msmtpd_sessions_total{ending=...}``), the log line after the peer's
-    name (None: none), and the last reply (None: no reply can reach the
-    client, or none is owed)."""
+    """How a session ends on an exception: its name (in --metrics,
+    ``msmtpd_sessions_total{ending=...}``, and the JSON log's ``reason``),
+    the log line after the peer's name (None: none), and the last reply
+    (None: no reply can reach the client, or none is owed)."""
 
-    metric: str
+    name: str
     exception: Type[BaseException]
     message: Optional[str]  # formatted with {exc} and {unproductive} (seconds)
     reply: Optional[Reply]  # formatted with {host}
@@ -139,7 +139,9 @@ class Session(ChunkingVerbs, SecurityVerbs):
         allow = self.settings.allow
         if allow is None or self.peer.is_unix or allow.permits(self.peer.address):
             return True
-        log.info("refused %s: not in --allow", self.peer.name or "a client with no address")
+        log.info("refused %s: not in --allow", self.peer.name or "a client with no address",
+                 event="refused", peer=self.who, reason="allow",
+                 reply=reply_text(replies.ACCESS_DENIED))
         self.count("msmtpd_refusals_total", "allow")
         self.reply(replies.ACCESS_DENIED, final=True)
         return False
@@ -150,12 +152,15 @@ class Session(ChunkingVerbs, SecurityVerbs):
         if self.settings.tls is not None and self.settings.tls_implicit:
             tls = self.connection.start_tls(self.settings.tls)
             self.count_tls(tls)
-            log.info("session from %s over %s", self.peer.name or "unknown peer", tls)
+            log.info("session from %s over %s", self.peer.name or "unknown peer", tls,
+                     event="session_start", peer=self.who, tls=str(tls))
         else:
-            log.info("session from %s", self.peer.name or "unknown peer")
+            log.info("session from %s", self.peer.name or "unknown peer", event="session_start",
+                     peer=self.who)
         if self.authenticated_user is not None:
             log.info("%s: logged in as %s by its uid (--unix-login)", self.who,
-                     self.authenticated_user)
+                     self.authenticated_user, event="auth", peer=self.who,
+                     user=self.authenticated_user, result="unix_login")
         self.reply(replies.GREETING.format(host=self.settings.hostname))
 
     def _serve(self) -> bool:
@@ -163,7 +168,8 @@ class Session(ChunkingVerbs, SecurityVerbs):
         while True:
             line = self.connection.readline(MAX_COMMAND_LINE + 1)
             if not line:
-                log.info("%s: client disconnected", self.who)
+                log.info("%s: client disconnected", self.who, event="session_end", peer=self.who,
+                         reason="disconnected")
                 return False
             reply = self.handle_line(line)
             if reply is None:
@@ -178,10 +184,11 @@ class Session(ChunkingVerbs, SecurityVerbs):
     def _end(self, exc: BaseException) -> None:
         """Log why the session ends and send its last reply, as ENDINGS says."""
         ending = next(ending for ending in ENDINGS if isinstance(exc, ending.exception))
-        self.ending = ending.metric
+        self.ending = ending.name
         if ending.message is not None:
-            log.log(ending.level, "%s: %s", self.who, ending.message.format(
-                exc=exc, unproductive=self.connection.unproductive_seconds))
+            message = ending.message.format(exc=exc, unproductive=self.connection.unproductive_seconds)
+            log.log(ending.level, "%s: %s", self.who, message, event="session_end", peer=self.who,
+                    reason=ending.name, error=message)
         if ending.reply is not None:
             self.reply(ending.reply.format(host=self.settings.hostname), final=True)
 
@@ -204,7 +211,8 @@ class Session(ChunkingVerbs, SecurityVerbs):
         self.errors += 1
         if self.errors >= MAX_CONSECUTIVE_ERRORS:
             self.reply(reply)
-            log.info("%s: too many errors", self.who)
+            log.info("%s: too many errors", self.who, event="session_end", peer=self.who,
+                     reason=ERROR_LIMIT)
             self.ending = ERROR_LIMIT
             return replies.TOO_MANY_ERRORS.format(host=self.settings.hostname)
         return reply

@@ -4,7 +4,7 @@ authentication."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:
     from msmtpd.policy.allow_list import AllowList
@@ -57,16 +57,40 @@ class Settings:
         self.counters: Any = None
 
 
+# A log line names this many recipients, then "and N more".
+LOGGED_RECIPIENTS = 2
+
+
+def shown_recipients(recipients: Sequence[str]) -> Sequence[str]:
+    """The recipients a log line names: all of up to one more than
+    LOGGED_RECIPIENTS (rather than "and 1 more"), else the first ones."""
+    return recipients if len(recipients) <= LOGGED_RECIPIENTS + 1 else recipients[:LOGGED_RECIPIENTS]
+
+
+def recipient_fields(recipients: Sequence[str]) -> Dict[str, object]:
+    """The recipients as the JSON log holds them: a bounded list and the count."""
+    return {"recipients": list(shown_recipients(recipients)), "recipients_total": len(recipients)}
+
+
 class Envelope:
-    """One transaction's sender, recipients and MAIL parameters."""
+    """One transaction's sender, recipients and MAIL parameters, and the
+    user logged in when MAIL was given (None: nobody)."""
 
     def __init__(self, sender: str = "", recipients: Optional[List[str]] = None) -> None:
+        self.user: Optional[str] = None
         self.sender = sender
         self.recipients: List[str] = list(recipients or [])
         self.smtputf8 = False
         self.body = "7BIT"
         self.overshoot = 0  # RCPTs refused for being past MAX_RECIPIENTS
         self.chunks: Optional[ChunkedMessage] = None  # the message BDAT is building
+
+    def log_fields(self) -> Dict[str, object]:
+        """Who sent this mail to whom, as the JSON log holds it."""
+        fields: Dict[str, object] = {} if self.user is None else {"user": self.user}
+        fields["sender"] = self.sender
+        fields.update(recipient_fields(self.recipients))
+        return fields
 
     def close(self) -> None:
         """Drop what BDAT stored of a message that will not be delivered."""

@@ -15,7 +15,7 @@ from msmtpd.base.logger import log
 from msmtpd.smtp import replies
 from msmtpd.smtp.address import AddressError, parse_path, shell_unsafe_character, split_path
 from msmtpd.smtp.message import Spool, receive_data
-from msmtpd.smtp.replies import Reply
+from msmtpd.smtp.replies import Reply, reply_text
 from msmtpd.smtp.session_parts import Closed, Envelope
 from msmtpd.smtp.session_state import SessionState
 
@@ -51,10 +51,12 @@ class TransactionVerbs(SessionState):
         user, senders = self.authenticated_user, self.settings.senders
         if user is not None and senders is not None and not senders.may_send(user, sender):
             log.info("%s: user %s may not send as <%s> (--senders)", self.who,
-                     user, sender)
+                     user, sender, event="refused", peer=self.who, user=user, sender=sender,
+                     reason="sender_not_allowed", reply=reply_text(replies.SENDER_NOT_ALLOWED))
             self._count_refusal("sender")
             return replies.SENDER_NOT_ALLOWED
         envelope.sender = sender
+        envelope.user = user
         self.envelope = envelope
         return replies.SENDER_OK
 
@@ -135,7 +137,8 @@ class TransactionVerbs(SessionState):
             spool.write(self._received_header(envelope), counted=False)
             if not receive_data(self.connection, spool, after_crlf=self.after_crlf):
                 log.info("%s: client disconnected during DATA; nothing delivered",
-                         self.who)
+                         self.who, event="session_end", peer=self.who,
+                         reason="disconnected_in_data")
                 raise Closed()
             self.connection.end_data()
             self.envelope = None
@@ -169,14 +172,20 @@ class TransactionVerbs(SessionState):
     def _spool_problem(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
         """The reply to a message over --max-size or one the spool lost."""
         if spool.too_big:
+            refused = replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
-                     self.who, envelope.sender, spool.size, spool.max_size)
+                     self.who, envelope.sender, spool.size, spool.max_size, event="mail",
+                     peer=self.who, **envelope.log_fields(), size=spool.size, result="refused",
+                     reason="size", reply=reply_text(refused))
             self._count_refusal("size", spool.size)
-            return replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
+            return refused
         if spool.error is not None:
-            log.error("%s: cannot spool message: %s", self.who, spool.error)
+            failed = replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
+            log.error("%s: cannot spool message: %s", self.who, spool.error, event="mail",
+                      peer=self.who, **envelope.log_fields(), result="temporary_failure",
+                      reply=reply_text(failed), error=str(spool.error))
             self._count_mail("tempfail", spool.size)
-            return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
+            return failed
         return None
 
     def _received_header(self, envelope: Envelope) -> bytes:

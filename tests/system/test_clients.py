@@ -5,30 +5,25 @@ datagram socket at /dev/log."""
 
 from __future__ import annotations
 
-import contextlib
 import email
 import email.policy
-import os
 import re
 import shlex
-import shutil
 import smtplib
 import socket
 import subprocess
-import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 
 from tests import helpers
-from tests.helpers import received_headers
+from tests.helpers import dev_log, received_headers, syslog_entries
 
 HOST = socket.gethostname()
 WAIT = 15.0  # upper bound for any single wait on a process or socket
-DEV_LOG = "/dev/log"
 
 
 def stored_content(mail: bytes) -> bytes:
@@ -367,59 +362,6 @@ def test_command_exit_status_reaches_the_client(start_daemon: StartDaemon, maild
 
 
 # -- syslog ----------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def dev_log(listening: bool) -> Iterator[Tuple[Optional[socket.socket], List[str]]]:
-    """What msmtpd finds at /dev/log, and the command prefix to run it under.
-
-    ``listening``: a datagram socket of ours receives what msmtpd logs;
-    otherwise nothing listens there.  When /dev/log is free, our socket is
-    bound right there (and removed afterwards); when a real syslog owns it,
-    msmtpd runs in a private mount namespace with our socket (or a plain
-    file nobody listens on) bind-mounted over /dev/log."""
-    directory = tempfile.mkdtemp(prefix="msmtpd-syslog-", dir="/tmp")  # short: AF_UNIX paths are small
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if listening else None
-    created: List[str] = []
-    try:
-        prefix: List[str] = []
-        if os.path.lexists(DEV_LOG):
-            path = os.path.join(directory, "log")
-            if sock is not None:
-                sock.bind(path)
-            else:
-                Path(path).touch()
-            prefix = [helpers.tool("unshare"), "--mount", "--propagation=private", "/bin/sh", "-c",
-                      'mount --bind "$0" /dev/log && exec "$@"', path]
-        elif sock is not None:
-            sock.bind(DEV_LOG)
-            created.append(DEV_LOG)
-        if sock is not None:
-            sock.settimeout(WAIT)
-        yield sock, prefix
-    finally:
-        if sock is not None:
-            sock.close()
-        for path in created:
-            os.unlink(path)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def syslog_entries(sock: socket.socket, until: Callable[[List[Tuple[int, int, str]]], bool]
-                   ) -> List[Tuple[int, int, str]]:
-    """(priority, pid, message) of each datagram until ``until`` is satisfied."""
-    entries: List[Tuple[int, int, str]] = []
-    deadline = time.monotonic() + WAIT
-    while not until(entries):
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            datagram = sock.recv(65536)
-        except socket.timeout:
-            raise AssertionError(f"syslog got only {entries}") from None
-        match = re.fullmatch(rb"<(\d+)>msmtpd\[(\d+)\]: (.*?)\x00?", datagram, re.S)
-        assert match, datagram
-        entries.append((int(match[1]), int(match[2]), match[3].decode()))
-    return entries
 
 
 def run_inetd_session(prefix: Sequence[str], args: Sequence[str], conversation: bytes

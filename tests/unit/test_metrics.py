@@ -50,7 +50,7 @@ def test_every_family_has_help_and_type_and_gauges_follow() -> None:
 
 
 def test_every_way_a_session_ends_has_a_counter() -> None:
-    names = [ending.metric for ending in ENDINGS] + [QUIT, DISCONNECT, ERROR_LIMIT, ALLOW_REFUSED]
+    names = [ending.name for ending in ENDINGS] + [QUIT, DISCONNECT, ERROR_LIMIT, ALLOW_REFUSED]
     assert set(names) <= set(SESSION_ENDINGS)
     assert len(set(names)) == len(names)
 

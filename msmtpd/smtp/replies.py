@@ -101,6 +101,8 @@ BINARYMIME_REFUSED = Reply(555, "5.5.4 BODY=BINARYMIME is not supported; use 7BI
 UNKNOWN_PARAMETER = Reply(555, "5.5.4 Unsupported parameter {name}")
 
 ACCESS_DENIED = Reply(554, "5.7.1 Access denied")
+# RFC 5321 section 6.3: a mail that has passed too many relays is looping.
+TOO_MANY_HOPS = Reply(554, "5.4.6 Too many hops")
 
 DELIVERED = Reply(250, "2.0.0 OK, mail was handed to the delivery command")
 DELIVERY_TEMPFAIL = Reply(451, "4.3.0 Delivery failed temporarily: {why}; try again later")

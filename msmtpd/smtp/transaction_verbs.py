@@ -14,7 +14,7 @@ from msmtpd.base.config import is_number
 from msmtpd.base.logger import log
 from msmtpd.smtp import replies
 from msmtpd.smtp.address import AddressError, parse_path, shell_unsafe_character, split_path
-from msmtpd.smtp.message import Spool, receive_data
+from msmtpd.smtp.message import MAX_RECEIVED_HEADERS, Spool, receive_data
 from msmtpd.smtp.replies import Reply
 from msmtpd.smtp.session_parts import Closed, Envelope
 from msmtpd.smtp.session_state import SessionState
@@ -147,11 +147,17 @@ class TransactionVerbs(SessionState):
         return self._spool_problem(envelope, spool) or self.deliver(envelope, spool)
 
     def _spool_problem(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
-        """The reply to a message over --max-size or one the spool lost."""
+        """The reply to a message over --max-size, one that loops, or one
+        the spool lost."""
         if spool.too_big:
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
                      self.who, envelope.sender, spool.size, spool.max_size)
             return replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
+        if spool.hops.too_many:
+            # metrics: refusals{reason="loop"}
+            log.info("%s: message from <%s> refused: more than %d Received: headers (a loop)",
+                     self.who, envelope.sender, MAX_RECEIVED_HEADERS)
+            return replies.TOO_MANY_HOPS
         if spool.error is not None:
             log.error("%s: cannot spool message: %s", self.who, spool.error)
             return replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)

@@ -36,6 +36,7 @@ from msmtpd.base.config import (
     parse_mode,
     parse_network,
     parse_port,
+    parse_rate,
     parse_seconds,
 )
 from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_TEMPFAIL
@@ -183,6 +184,11 @@ OPTIONS = (
     Option("--spool-dir", "where messages over 1 MiB are spooled while they",
            "arrive (default $TMPDIR or /tmp)",
            value="DIR", check=parse_directory, path=True),
+    Option("--rate-limit", "each logged-in user, or else each client address,",
+           "may have N mails accepted per PERIOD (a number with",
+           "s, m, h or d: 100/1h); past it MAIL FROM gets 450",
+           "(default: no limit)",
+           value="N/PERIOD", check=parse_rate),
     Option("--daemon", "detach from the terminal once listening"),
     Option("--pidfile", "write and lock FILE holding the master's pid",
            "(default none)",

@@ -227,6 +227,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if config.idle_exit is not None and not sockets:
             raise UsageError("--idle-exit needs listening sockets from systemd (LISTEN_FDS)"
                              " or inetd (wait = yes)")
+        if config.inetd and not sockets and config.rate_limit is not None:
+            # one process per session: no count to share between them
+            raise UsageError("--rate-limit cannot be combined with --inetd (one process per"
+                             " session); use the daemon or inetd's wait = yes")
         if config.inetd and not sockets:
             from msmtpd.server.inetd import run_inetd
 

@@ -336,6 +336,6 @@ def _start(config: Config, sockets: List[socket.socket], tls_context: Any) -> in
         from msmtpd.system.daemonize import run_detached
 
         return run_detached(lambda ready_fd: Master(service, sockets, pidfile, ready_fd).run(),
-                            keep=[*sockets, pidfile.fd if pidfile else None,
-                                  service.log_handler], log_to_stderr=config.log == "-")
+                            keep=[*sockets, pidfile.fd if pidfile else None, service.log_handler,
+                                  service.settings.rate_limit], log_to_stderr=config.log == "-")
     return Master(service, sockets, pidfile).run()

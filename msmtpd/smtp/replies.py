@@ -53,6 +53,9 @@ TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0 {host} Too many authentication failur
 SHUTTING_DOWN = Reply(421, "4.3.2 {host} Service shutting down, try again later")
 OVERLOADED = Reply(421, "4.3.2 {host} Too busy, closing idle connection; try again later")
 DATA_TOO_SLOW = Reply(421, "4.4.2 {host} Data too slow, closing connection")
+# --rate-limit: the client keeps the mail and retries (RFC 5321 section 4.2.5).
+RATE_LIMITED = Reply(450, "4.7.1 Rate limit of {count} mails per {period} reached;"
+                          " try again in {wait} seconds")
 SPOOL_FAILED = Reply(451, "4.3.0 Cannot store the message: {reason}")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")
 TLS_UNAVAILABLE = Reply(454, "4.7.0 TLS not available: the connection is not a socket")

@@ -122,6 +122,8 @@ class Session(ChunkingVerbs, SecurityVerbs):
         except ENDING_EXCEPTIONS as exc:
             self._end(exc)
             return False
+        finally:
+            self.drop_transaction()
 
     def _admitted(self) -> bool:
         """--allow, before TLS and before anything else: a refused client
@@ -269,12 +271,12 @@ class Session(ChunkingVerbs, SecurityVerbs):
     def _greet(self, name: str, esmtp: bool) -> None:
         self.helo = name
         self.esmtp = esmtp
-        self.envelope = None
+        self.drop_transaction()
 
     def smtp_RSET(self, argument: str) -> Reply:
         if argument:
             return replies.SYNTAX.format(usage="RSET")
-        self.envelope = None
+        self.drop_transaction()
         return replies.RESET_OK
 
     def smtp_NOOP(self, argument: str) -> Reply:

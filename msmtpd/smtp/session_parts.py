@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Protocol
 
 if TYPE_CHECKING:
     from msmtpd.policy.allow_list import AllowList
+    from msmtpd.policy.rate_limit import RateTable
     from msmtpd.policy.senders import Senders
     from msmtpd.smtp.chunking import ChunkedMessage
     from msmtpd.smtp.message import Spool
@@ -40,7 +41,8 @@ class Settings:
                  spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
                  shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
                  tls_required: bool = False, allow: Optional[AllowList] = None,
-                 senders: Optional[Senders] = None, unix_login: bool = False) -> None:
+                 senders: Optional[Senders] = None, unix_login: bool = False,
+                 rate_limit: Optional[RateTable] = None) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
@@ -52,6 +54,7 @@ class Settings:
         self.allow = allow  # --allow: the client networks that may connect
         self.senders = senders  # --senders: whom each authenticated user may send as
         self.unix_login = unix_login  # --unix-login: a Unix-socket caller is its uid's user
+        self.rate_limit = rate_limit  # --rate-limit: the mails each user or client may send
 
 
 class Envelope:

@@ -53,6 +53,9 @@ class TransactionVerbs(SessionState):
             log.info("%s: user %s may not send as <%s> (--senders)", self.who,
                      user, sender)
             return replies.SENDER_NOT_ALLOWED
+        limited = self.hold_rate()
+        if limited is not None:
+            return limited
         envelope.sender = sender
         self.envelope = envelope
         return replies.SENDER_OK
@@ -148,7 +151,13 @@ class TransactionVerbs(SessionState):
 
     def _spool_problem(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
         """The reply to a message over --max-size, one that loops, or one
-        the spool lost."""
+        the spool lost; such a mail does not count against --rate-limit."""
+        problem = self._refusal(envelope, spool)
+        if problem is not None:
+            self.settle_rate(accepted=False)
+        return problem
+
+    def _refusal(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
         if spool.too_big:
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
                      self.who, envelope.sender, spool.size, spool.max_size)

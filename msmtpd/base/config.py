@@ -91,6 +91,7 @@ class Config:
     queue_list: bool
     queue_flush: bool
     rate_limit: Optional[Tuple[int, float]]  # --rate-limit: (mails, seconds)
+    queue_rate: Optional[Tuple[int, float]]  # --queue-rate: (deliveries, seconds)
 
     def __init__(self) -> None:
         # Imported here: the table checks values with this module's parsers.

@@ -169,7 +169,8 @@ def _check_queue_options(config: Config) -> None:
         raise UsageError("--queue-list and --queue-flush cannot be combined")
     if config.queue is None:
         for option, given in (("--queue-list", config.queue_list),
-                              ("--queue-flush", config.queue_flush)):
+                              ("--queue-flush", config.queue_flush),
+                              ("--queue-rate", config.queue_rate is not None)):
             if given:
                 raise UsageError(f"{option} needs --queue=DIR")
 

@@ -92,6 +92,8 @@ class Config:
     queue_lifetime: float
     queue_list: bool
     queue_flush: bool
+    rate_limit: Optional[Tuple[int, float]]  # --rate-limit: (mails, seconds)
+    queue_rate: Optional[Tuple[int, float]]  # --queue-rate: (deliveries, seconds)
 
     def __init__(self) -> None:
         # Imported here: the table checks values with this module's parsers.
@@ -220,3 +222,23 @@ def parse_duration(text: str, option: str) -> float:
     if seconds > MAX_SECONDS:
         raise ConfigError(f"invalid {option} '{text}': at most {MAX_SECONDS} seconds")
     return seconds
+
+
+# The largest N of --rate-limit and --queue-rate (a count that fits the
+# shared table's 32-bit fields).
+MAX_RATE_COUNT = 1_000_000
+
+
+def parse_rate(text: str, option: str) -> Tuple[int, float]:
+    """``N/PERIOD``: N a count from 1, PERIOD a number with s, m, h or d
+    (``500/1d``, ``30/1m``), as (N, seconds)."""
+    count, slash, period = text.partition("/")
+    unit = period[-1:].lower()
+    if (slash and is_number(count) and len(count) <= 7 and unit in DURATION_UNITS
+            and 1 <= int(count) <= MAX_RATE_COUNT):
+        try:
+            return int(count), parse_duration(period, option)
+        except ConfigError:
+            pass
+    raise ConfigError(f"invalid {option} '{text[:40]}': expected N/PERIOD, N from 1 to"
+                      f" {MAX_RATE_COUNT} and PERIOD a number with s, m, h or d (500/1d, 30/1m)")

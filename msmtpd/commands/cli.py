@@ -172,7 +172,8 @@ def _check_queue_options(config: Config) -> None:
         raise UsageError("--queue-list and --queue-flush cannot be combined")
     if config.queue is None:
         for option, given in (("--queue-list", config.queue_list),
-                              ("--queue-flush", config.queue_flush)):
+                              ("--queue-flush", config.queue_flush),
+                              ("--queue-rate", config.queue_rate is not None)):
             if given:
                 raise UsageError(f"{option} needs --queue=DIR")
 
@@ -230,6 +231,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if config.idle_exit is not None and not sockets:
             raise UsageError("--idle-exit needs listening sockets from systemd (LISTEN_FDS)"
                              " or inetd (wait = yes)")
+        if config.inetd and not sockets and config.rate_limit is not None:
+            # one process per session: no count to share between them
+            raise UsageError("--rate-limit cannot be combined with --inetd (one process per"
+                             " session); use the daemon or inetd's wait = yes")
         if config.inetd and not sockets:
             from msmtpd.server.inetd import run_inetd
 

@@ -20,7 +20,7 @@ import signal
 import stat
 import sys
 import time
-from typing import List
+from typing import List, Optional, Tuple
 
 from msmtpd.base.config import Config, ConfigError
 from msmtpd.base.exit_codes import EXIT_OK, EXIT_TEMPFAIL
@@ -57,7 +57,7 @@ def run_queue_command(config: Config) -> int:
         raise ConfigError(f"cannot read queue {config.queue}:"
                           f" {exc if isinstance(exc, UnsafeFile) else exc.strerror or exc}") from None
     if config.queue_list:
-        return list_queue(queue)
+        return list_queue(queue, config.queue_rate)
     return flush_queue(queue, config)
 
 
@@ -69,14 +69,16 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def describe(mail_id: str, envelope: QueuedEnvelope, now: float, failed: bool) -> str:
+def describe(mail_id: str, envelope: QueuedEnvelope, now: float, failed: bool,
+             paced: bool = False) -> str:
     """One mailq-like line: id, state, age, sender -> recipients, attempts,
-    next try, last error (all escaped as in the envelope file)."""
+    next try, last error (all escaped as in the envelope file).  ``paced``:
+    --queue-rate allows no delivery now, so a due mail waits its turn."""
     recipients = ", ".join(f"<{encode_value(r)}>" for r in envelope.recipients)
     if failed:
         state = f"failed: {encode_value(envelope.failed)}"
     elif envelope.next_try <= now:
-        state = "next try: now"
+        state = "next try: waiting for the rate" if paced else "next try: now"
     else:
         state = f"next try: in {_age(envelope.next_try - now)} ({iso_time(envelope.next_try)})"
     error = f"; last error: {encode_value(envelope.last_error)}" if envelope.last_error else ""
@@ -85,12 +87,16 @@ def describe(mail_id: str, envelope: QueuedEnvelope, now: float, failed: bool) -
             f" attempts {envelope.attempts}; {state}{error}")
 
 
-def list_queue(queue: Queue) -> int:
+def list_queue(queue: Queue, rate: Optional[Tuple[int, float]] = None) -> int:
     now = time.time()
     lines: List[str] = []
+    from msmtpd.delivery.queue_pace import waiting_for_the_rate
+
+    assert queue.owner is not None
+    paced = waiting_for_the_rate(queue.directory, queue.owner, rate, now)
     for failed in (False, True):
         try:
-            lines += [describe(i, e, now, failed) if isinstance(e, QueuedEnvelope)
+            lines += [describe(i, e, now, failed, paced) if isinstance(e, QueuedEnvelope)
                       else f"{i} {'failed' if failed else 'queued'} {encode_value(e)}"
                       for i, e in queue.entries(failed)]
         except FileNotFoundError:
@@ -207,9 +213,18 @@ def _flush_here(queue: Queue, config: Config) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     attempts = Attempts(queue, command, config.command_timeout, config.queue_lifetime,
                         config.queue_workers)
+    pace = None
+    if config.queue_rate is not None:  # the daemon's pace, in DIR: this flush keeps it
+        from msmtpd.delivery.queue_pace import PaceFile
+
+        pace = PaceFile(queue.directory, queue.owner, *config.queue_rate, time.time())
     for mail_id in queue.ids():
         while attempts.full:
             attempts.wait_all(time.monotonic() + 0.05)
+        if pace is not None:
+            if not pace.pace.free(time.time()):
+                break  # the rest wait for their turn (exit 75)
+            pace.record(time.time())
         attempts.start(mail_id, force=True)
     attempts.wait_all(float("inf"))
     return EXIT_OK if _remaining(queue) == 0 else EXIT_TEMPFAIL

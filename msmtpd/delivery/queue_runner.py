@@ -16,7 +16,7 @@ import select
 import signal
 import stat
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
 from msmtpd.base.logger import log
@@ -34,6 +34,9 @@ from msmtpd.system.processes import PARENT_CHECK_SECONDS, master_gone
 from msmtpd.system.signal_inbox import SignalInbox
 from msmtpd.system.supervision import STOP_MARGIN_SECONDS
 
+if TYPE_CHECKING:
+    from msmtpd.delivery.queue_pace import PaceFile
+
 # Without any wake-up, look at the directory this often (mails queued by a
 # process that could not reach the FIFO, an expired lock).
 SCAN_SECONDS = 60.0
@@ -44,8 +47,10 @@ BUSY_RETRY_SECONDS = 1.0
 class Runner:
     """The daemon's queue runner (a child of the master)."""
 
-    def __init__(self, attempts: Attempts, master_pid: int, grace: float) -> None:
+    def __init__(self, attempts: Attempts, master_pid: int, grace: float,
+                 pace: Optional[PaceFile] = None) -> None:
         self.attempts = attempts
+        self.pace = pace  # --queue-rate
         self.queue = attempts.queue
         self.master_pid = master_pid
         self.grace = grace
@@ -73,7 +78,11 @@ class Runner:
             self._dispatch()
             wait = PARENT_CHECK_SECONDS
             if not self.attempts.full and self.schedule:
-                wait = min(wait, min(self.schedule.values()) - time.time())
+                now = time.time()
+                due = min(self.schedule.values())
+                if self.pace is not None:  # a due mail waits for its turn
+                    due = max(due, self.pace.pace.next_start(now))
+                wait = min(wait, due - now)
             watch = [inbox.wake_fd, self.attempts.done_r] + ([self.fifo] if self.fifo >= 0 else [])
             try:
                 ready, _, _ = select.select(watch, [], [], max(wait, 0.01))
@@ -197,9 +206,27 @@ class Runner:
             forced = mail_id in self.forced
             if mail_id in self.attempts.running or (self.schedule[mail_id] > now and not forced):
                 continue
+            if not self._take_turn(now):
+                return  # waiting for the rate: neither tried nor aged
             self.forced.discard(mail_id)
             self.schedule[mail_id] = now + SCAN_SECONDS  # until the attempt says better
             self.attempts.start(mail_id, forced)
+
+    def _take_turn(self, now: float) -> bool:
+        """--queue-rate: whether a delivery may start now; its start is
+        remembered in DIR first.  When DIR cannot take it (a full disk) the
+        pace still holds in memory."""
+        if self.pace is None:
+            return True
+        if not self.pace.pace.free(now):
+            return False
+        try:
+            self.pace.record(now)
+        except OSError as exc:
+            log.error("queue %s: cannot remember the delivery start for --queue-rate: %s",
+                      self.queue.directory, exc.strerror or exc, event="queue_rate_unrecorded",
+                      queue=self.queue.directory, error=str(exc.strerror or exc))
+        return True
 
     def _note_results(self) -> None:
         results = self.attempts.results
@@ -245,7 +272,7 @@ def _drain(fd: int) -> bytes:
 
 def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: float,
                workers: int, grace: float, user: Optional[str], master_pid: int,
-               counters: Any = None) -> None:
+               counters: Any = None, rate: Optional[Tuple[int, float]] = None) -> None:
     """The forked runner's whole life (after processes.fork_child's set-up);
     never returns.  ``counters`` (--metrics): the runner writes their last slot."""
     code = EXIT_FAILURE
@@ -264,7 +291,12 @@ def run_runner(queue_dir: str, command: PipeCommand, timeout: float, lifetime: f
 
             privileges.drop(user, QUEUE_LATE_MODULES)
         attempts = Attempts(queue, command, timeout, lifetime, workers, counters)
-        code = Runner(attempts, master_pid, grace).serve()
+        pace = None
+        if rate is not None:
+            from msmtpd.delivery.queue_pace import PaceFile
+
+            pace = PaceFile(queue.directory, queue.owner, *rate, time.time())
+        code = Runner(attempts, master_pid, grace, pace).serve()
     except BaseException as exc:
         try:
             log.error("queue runner failed: %s", exc, event="runner_failed", error=str(exc))

@@ -374,5 +374,6 @@ def _start(config: Config, sockets: List[socket.socket], tls_context: Any) -> in
         return run_detached(
             lambda ready_fd: Master(service, sockets, pidfile, ready_fd, metrics).run(),
             keep=[*sockets, pidfile.fd if pidfile else None, service.log_handler,
-                  metrics.listener if metrics else None], log_to_stderr=config.log == "-")
+                  metrics.listener if metrics else None, service.settings.rate_limit],
+            log_to_stderr=config.log == "-")
     return Master(service, sockets, pidfile, metrics=metrics).run()

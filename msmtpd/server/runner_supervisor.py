@@ -46,7 +46,8 @@ class RunnerSupervisor:
         config, master = self.config, os.getpid()
         pid = fork_child(RUNNER_SIGNALS, inherited(), f"queue runner {queue}", lambda: run_runner(
             queue, self.command, config.command_timeout, config.queue_lifetime,
-            config.queue_workers, config.timeout, config.user, master, self.counters))
+            config.queue_workers, config.timeout, config.user, master, self.counters,
+            config.queue_rate))
         self.children.add(Child(pid, RUNNER, time.monotonic()))
 
     def signal(self, signum: int) -> None:

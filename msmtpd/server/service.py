@@ -112,6 +112,10 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
         from msmtpd.policy.users_file import load_accounts
 
         settings.auth = load_accounts(config.auth_file, FailureClock(shared_failure_time))
+    if config.rate_limit is not None:
+        from msmtpd.policy.rate_limit import RateTable
+
+        settings.rate_limit = RateTable(*config.rate_limit)  # before the workers fork
     if config.senders is not None:
         from msmtpd.policy.senders import load_senders
 

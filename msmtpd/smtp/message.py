@@ -24,6 +24,41 @@ MAX_BUFFERED_LINE = 1024 * 1024
 SPOOL_MEMORY_LIMIT = 1024 * 1024
 # A CR that does not start a CRLF: content, kept as it is.
 _BARE_CR = re.compile(rb"\r(?!\n)")
+# Loop detection: a message whose header section holds more Received:
+# fields than this was relayed too often (RFC 5321 section 6.3).  Postfix's
+# hopcount_limit default, also chasquid's and maddy's.  Counted in the
+# client's header; msmtpd's own trace header comes on top.
+MAX_RECEIVED_HEADERS = 50
+_RECEIVED = b"\nreceived:"
+
+
+class HopCounter:
+    """Counts the ``Received:`` fields of a message's header section (up to
+    its first empty line) as the message passes, in bytes operations over
+    whole chunks: no second pass, no loop per line.  Lines may be split
+    anywhere between chunks; the last few octets are kept for that."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = False  # the header section has ended (or the limit is passed)
+        self._tail = b"\n"  # the message starts at the start of a line
+
+    @property
+    def too_many(self) -> bool:
+        return self.count > MAX_RECEIVED_HEADERS
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        # The tail is one octet shorter than the pattern, so a field found
+        # here ends in ``data`` and was not counted before.
+        text = self._tail + data
+        end = text.find(b"\n\n")
+        header = text if end < 0 else text[: end + 1]
+        self.count += header.lower().count(_RECEIVED)
+        self._tail = text[-(len(_RECEIVED) - 1):]
+        if end >= 0 or self.too_many:
+            self.done = True
 
 
 class Spool:
@@ -37,6 +72,7 @@ class Spool:
         self.max_size = max_size
         self.size = 0
         self.error: Optional[OSError] = None
+        self.hops = HopCounter()
         self._directory = directory
         self._memory_limit = memory_limit
         self._memory: Optional[io.BytesIO] = io.BytesIO()
@@ -51,6 +87,7 @@ class Spool:
         header, which must not count against the client's size limit."""
         if counted:
             self.size += len(data)
+            self.hops.feed(data)
         if self.too_big or self.error is not None:
             return
         try:

@@ -58,6 +58,9 @@ TOO_MANY_AUTH_FAILURES = Reply(421, "4.7.0 {host} Too many authentication failur
 SHUTTING_DOWN = Reply(421, "4.3.2 {host} Service shutting down, try again later")
 OVERLOADED = Reply(421, "4.3.2 {host} Too busy, closing idle connection; try again later")
 DATA_TOO_SLOW = Reply(421, "4.4.2 {host} Data too slow, closing connection")
+# --rate-limit: the client keeps the mail and retries (RFC 5321 section 4.2.5).
+RATE_LIMITED = Reply(450, "4.7.1 Rate limit of {count} mails per {period} reached;"
+                          " try again in {wait} seconds")
 SPOOL_FAILED = Reply(451, "4.3.0 Cannot store the message: {reason}")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3 Too many recipients")
 TLS_UNAVAILABLE = Reply(454, "4.7.0 TLS not available: the connection is not a socket")
@@ -106,6 +109,8 @@ BINARYMIME_REFUSED = Reply(555, "5.5.4 BODY=BINARYMIME is not supported; use 7BI
 UNKNOWN_PARAMETER = Reply(555, "5.5.4 Unsupported parameter {name}")
 
 ACCESS_DENIED = Reply(554, "5.7.1 Access denied")
+# RFC 5321 section 6.3: a mail that has passed too many relays is looping.
+TOO_MANY_HOPS = Reply(554, "5.4.6 Too many hops")
 
 DELIVERED = Reply(250, "2.0.0 OK, mail was handed to the delivery command")
 DELIVERY_TEMPFAIL = Reply(451, "4.3.0 Delivery failed temporarily: {why}; try again later")

@@ -46,7 +46,7 @@ class SecurityVerbs(SessionState):
         # RFC 3207 section 4.2: forget everything learnt in plain text.
         self.helo = None
         self.esmtp = False
-        self.envelope = None
+        self.drop_transaction()
         self.authenticated_user = self.unix_login()  # the kernel's word outlives the handshake
         return None
 

@@ -130,6 +130,7 @@ class Session(ChunkingVerbs, SecurityVerbs):
             self._end(exc)
             return False
         finally:
+            self.drop_transaction()
             self.count("msmtpd_sessions_total", self.ending)
 
     def _admitted(self) -> bool:
@@ -291,12 +292,12 @@ class Session(ChunkingVerbs, SecurityVerbs):
     def _greet(self, name: str, esmtp: bool) -> None:
         self.helo = name
         self.esmtp = esmtp
-        self.envelope = None
+        self.drop_transaction()
 
     def smtp_RSET(self, argument: str) -> Reply:
         if argument:
             return replies.SYNTAX.format(usage="RSET")
-        self.envelope = None
+        self.drop_transaction()
         return replies.RESET_OK
 
     def smtp_NOOP(self, argument: str) -> Reply:

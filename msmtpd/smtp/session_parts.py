@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:
     from msmtpd.policy.allow_list import AllowList
+    from msmtpd.policy.rate_limit import RateTable
     from msmtpd.policy.senders import Senders
     from msmtpd.smtp.chunking import ChunkedMessage
     from msmtpd.smtp.message import Spool
@@ -40,7 +41,8 @@ class Settings:
                  spool_dir: Optional[str] = None, auth: Optional[Authenticator] = None,
                  shell_safe: bool = False, tls: Any = None, tls_implicit: bool = False,
                  tls_required: bool = False, allow: Optional[AllowList] = None,
-                 senders: Optional[Senders] = None, unix_login: bool = False) -> None:
+                 senders: Optional[Senders] = None, unix_login: bool = False,
+                 rate_limit: Optional[RateTable] = None) -> None:
         self.hostname = hostname
         self.max_size = max_size
         self.spool_dir = spool_dir
@@ -55,6 +57,7 @@ class Settings:
         # --metrics: the shared msmtpd.base.metrics.Counters (None: nothing counted,
         # and that module never imported)
         self.counters: Any = None
+        self.rate_limit = rate_limit  # --rate-limit: the mails each user or client may send
 
 
 # A log line names this many recipients, then "and N more".

@@ -4,12 +4,17 @@ command loop read the same attributes without declaring them again."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from msmtpd.net.connection import Connection
 from msmtpd.net.peer import Peer
-from msmtpd.smtp.replies import Reply
+from msmtpd.smtp import replies
+from msmtpd.smtp.replies import Reply, reply_text
 from msmtpd.smtp.session_parts import Deliver, Envelope, Settings
+
+if TYPE_CHECKING:
+    from msmtpd.policy.rate_limit import Reservation
+    from msmtpd.smtp.message import Spool
 
 
 class SessionState:
@@ -20,7 +25,7 @@ class SessionState:
                  deliver: Deliver, peer: Optional[Peer] = None) -> None:
         self.connection = connection
         self.settings = settings
-        self.deliver = deliver
+        self._deliver = deliver
         # Who is calling (contract 12): a TCP address, the client a trusted
         # proxy vouches for, or a Unix-socket caller's credentials.
         self.peer: Peer = Peer() if peer is None else peer
@@ -37,6 +42,7 @@ class SessionState:
         self.auth_failures = 0
         self.after_crlf = True  # the last command line ended in CRLF
         self.ending = "disconnect"  # how the session ended, for --metrics
+        self.rate_hold: Optional[Reservation] = None  # this transaction's place under --rate-limit
 
     @property
     def tls(self) -> Optional[str]:
@@ -53,6 +59,60 @@ class SessionState:
         if self._envelope is not None and self._envelope is not envelope:
             self._envelope.close()
         self._envelope = envelope
+
+    def drop_transaction(self) -> None:
+        """RSET, a new greeting, STARTTLS: the transaction is abandoned."""
+        self.envelope = None
+        self.settle_rate(accepted=False)
+
+    def deliver(self, envelope: Envelope, spool: Spool) -> Reply:
+        """Hand the mail to the delivery; it counts against --rate-limit
+        only when accepted."""
+        reply = self._deliver(envelope, spool)
+        self.settle_rate(accepted=reply.code < 300)
+        return reply
+
+    def hold_rate(self) -> Optional[Reply]:
+        """--rate-limit at MAIL FROM: reserve this transaction's place, or
+        the 450 that says how long to wait.  The logged-in user is the key,
+        else the client's address (a Unix-socket caller's user)."""
+        table = self.settings.rate_limit
+        if table is None:
+            return None
+        self.settle_rate(accepted=False)  # a transaction that ended without a mail
+        key = self._rate_key()
+        hold = table.reserve(key)
+        if isinstance(hold, float):
+            from msmtpd.base.logger import log
+            from msmtpd.policy.rate_limit import describe_period
+
+            wait = max(1, int(hold + 0.999))
+            refused = replies.RATE_LIMITED.format(count=table.count,
+                                                  period=describe_period(table.period), wait=wait)
+            log.info("%s: MAIL FROM refused: %s over --rate-limit (%d per %s); %d s to wait",
+                     self.who, key, table.count, describe_period(table.period), wait,
+                     event="refused", peer=self.who, reason="rate_limit", key=key,
+                     reply=reply_text(refused))
+            self.count("msmtpd_refusals_total", "rate_limit")
+            return refused
+        self.rate_hold = hold
+        return None
+
+    def _rate_key(self) -> str:
+        """Whose mails --rate-limit counts: the logged-in user, else a
+        Unix-socket caller's user, else the client's address."""
+        peer = self.peer
+        if self.authenticated_user is not None:
+            return f"user {self.authenticated_user}"
+        if peer.is_unix:
+            return f"user {peer.user}" if peer.user is not None else f"uid {peer.uid}"
+        return f"address {peer.address}"
+
+    def settle_rate(self, accepted: bool) -> None:
+        """The transaction is over: its --rate-limit place is used or given back."""
+        hold, self.rate_hold = self.rate_hold, None
+        if hold is not None:
+            hold.settle(accepted)
 
     @property
     def idle(self) -> bool:

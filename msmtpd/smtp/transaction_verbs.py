@@ -14,7 +14,7 @@ from msmtpd.base.config import is_number
 from msmtpd.base.logger import log
 from msmtpd.smtp import replies
 from msmtpd.smtp.address import AddressError, parse_path, shell_unsafe_character, split_path
-from msmtpd.smtp.message import Spool, receive_data
+from msmtpd.smtp.message import MAX_RECEIVED_HEADERS, Spool, receive_data
 from msmtpd.smtp.replies import Reply, reply_text
 from msmtpd.smtp.session_parts import Closed, Envelope
 from msmtpd.smtp.session_state import SessionState
@@ -55,6 +55,9 @@ class TransactionVerbs(SessionState):
                      reason="sender_not_allowed", reply=reply_text(replies.SENDER_NOT_ALLOWED))
             self._count_refusal("sender")
             return replies.SENDER_NOT_ALLOWED
+        limited = self.hold_rate()
+        if limited is not None:
+            return limited
         envelope.sender = sender
         envelope.user = user
         self.envelope = envelope
@@ -170,7 +173,14 @@ class TransactionVerbs(SessionState):
         self._count_mail("refused", size)
 
     def _spool_problem(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
-        """The reply to a message over --max-size or one the spool lost."""
+        """The reply to a message over --max-size, one that loops, or one
+        the spool lost; such a mail does not count against --rate-limit."""
+        problem = self._refusal(envelope, spool)
+        if problem is not None:
+            self.settle_rate(accepted=False)
+        return problem
+
+    def _refusal(self, envelope: Envelope, spool: Spool) -> Optional[Reply]:
         if spool.too_big:
             refused = replies.MESSAGE_TOO_BIG.format(limit=spool.max_size)
             log.info("%s: message from <%s> refused: %d octets over the limit of %d",
@@ -179,6 +189,13 @@ class TransactionVerbs(SessionState):
                      reason="size", reply=reply_text(refused))
             self._count_refusal("size", spool.size)
             return refused
+        if spool.hops.too_many:
+            log.info("%s: message from <%s> refused: more than %d Received: headers (a loop)",
+                     self.who, envelope.sender, MAX_RECEIVED_HEADERS, event="mail", peer=self.who,
+                     **envelope.log_fields(), size=spool.size, result="refused", reason="loop",
+                     reply=reply_text(replies.TOO_MANY_HOPS))
+            self._count_refusal("loop", spool.size)
+            return replies.TOO_MANY_HOPS
         if spool.error is not None:
             failed = replies.SPOOL_FAILED.format(reason=spool.error.strerror or spool.error)
             log.error("%s: cannot spool message: %s", self.who, spool.error, event="mail",

@@ -186,3 +186,25 @@ def test_a_metrics_port_in_use_is_a_start_up_error(tmp_path: Path) -> None:
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode == 3
     assert done.stderr.startswith("msmtpd: cannot listen on --metrics")
+
+
+def test_loop_and_rate_limit_refusals_are_counted(tmp_path: Path) -> None:
+    """The two refusals the hop limit and --rate-limit make: one of each."""
+    metrics_port = helpers.free_port()
+    hops = b"".join(b"Received: from r%d.test by r%d.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+                    % (i, i + 1) for i in range(51))
+    with helpers.Server(["--command=cat >/dev/null; :", "--rate-limit=1/1h",
+                         f"--metrics=127.0.0.1:{metrics_port}"]) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            looping = hops + b"Subject: loop\r\n\r\nbody\r\n"
+            try:
+                client.sendmail("a@example.org", ["b@example.org"], looping)
+                raise AssertionError("a mail with 51 Received: fields was accepted")
+            except smtplib.SMTPDataError as exc:
+                assert exc.smtp_code == 554, exc
+            client.sendmail("a@example.org", ["b@example.org"], b"Subject: one\r\n\r\nbody\r\n")
+            assert client.mail("a@example.org")[0] == 450
+        found = _assert_counts(metrics_port, {'msmtpd_sessions_total{ending="quit"}': 1.0})
+        assert found['msmtpd_refusals_total{reason="loop"}'] == 1
+        assert found['msmtpd_refusals_total{reason="rate_limit"}'] == 1
+        assert found['msmtpd_mails_total{result="delivered"}'] == 1

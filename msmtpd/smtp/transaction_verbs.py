@@ -158,7 +158,7 @@ class TransactionVerbs(SessionState):
         """Hand the mail over; --metrics counts it by the answer."""
         reply = self.deliver(envelope, spool)
         if reply.code < 400:
-            result = getattr(self.deliver, "accepted_as", "delivered")
+            result = getattr(self._deliver, "accepted_as", "delivered")
         else:
             result = "tempfail" if reply.code < 500 else "permfail"
         self._count_mail(result, spool.size)

@@ -172,7 +172,8 @@ def _check_queue_options(config: Config) -> None:
         raise UsageError("--queue-list and --queue-flush cannot be combined")
     if config.queue is None:
         for option, given in (("--queue-list", config.queue_list),
-                              ("--queue-flush", config.queue_flush)):
+                              ("--queue-flush", config.queue_flush),
+                              ("--queue-first-try", config.queue_first_try > 0)):
             if given:
                 raise UsageError(f"{option} needs --queue=DIR")
 

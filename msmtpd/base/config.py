@@ -94,6 +94,7 @@ class Config:
     queue_flush: bool
     rate_limit: Optional[Tuple[int, float]]  # --rate-limit: (mails, seconds)
     queue_rate: Optional[Tuple[int, float]]  # --queue-rate: (deliveries, seconds)
+    queue_first_try: float  # --queue-first-try: 0, or how long a session tries a mail itself
 
     def __init__(self) -> None:
         # Imported here: the table checks values with this module's parsers.
@@ -157,6 +158,23 @@ def parse_seconds(text: str, option: str) -> float:
     if not 0 < value <= MAX_SECONDS:  # also false for nan
         raise ConfigError(f"invalid {option} '{text}': expected a positive number of seconds,"
                           f" at most {MAX_SECONDS}")
+    return value
+
+
+# RFC 5321 section 4.5.3.2.6: a client waits 10 minutes for the reply to
+# the final dot; a first try that may last longer would outwait it.
+MAX_FIRST_TRY_SECONDS = 600.0
+
+
+def parse_first_try(text: str, option: str) -> float:
+    """``--queue-first-try``: 0 (off) up to MAX_FIRST_TRY_SECONDS."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_FIRST_TRY_SECONDS:  # also false for nan
+        raise ConfigError(f"invalid {option} '{text[:40]}': expected a number of seconds"
+                          f" from 0 to {MAX_FIRST_TRY_SECONDS:g}")
     return value
 
 

@@ -173,7 +173,8 @@ def _check_queue_options(config: Config) -> None:
     if config.queue is None:
         for option, given in (("--queue-list", config.queue_list),
                               ("--queue-flush", config.queue_flush),
-                              ("--queue-rate", config.queue_rate is not None)):
+                              ("--queue-rate", config.queue_rate is not None),
+                              ("--queue-first-try", config.queue_first_try > 0)):
             if given:
                 raise UsageError(f"{option} needs --queue=DIR")
 

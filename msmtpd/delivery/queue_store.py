@@ -33,7 +33,7 @@ import hashlib
 import os
 import stat
 import time
-from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
 
 from msmtpd.base.logger import log
 from msmtpd.base.safe_files import UnsafeFile, open_checked, queue_file
@@ -109,6 +109,18 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _locked(path: str) -> IO[bytes]:
+    """A file we just wrote, opened for reading and flocked (nobody else
+    knows its name yet: the lock is ours at once)."""
+    handle = open(path, "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
 def _message_chunks(message: bytes | int) -> Iterator[bytes]:
     if isinstance(message, bytes):
         yield message
@@ -137,6 +149,18 @@ class Queue:
         the message's size and SHA-256, taken from the chunks as they are
         written (no second read).  Raises OSError (and leaves nothing
         behind) when the disk is full or DIR unwritable."""
+        return self._store(envelope, message, None)
+
+    def store_locked(self, envelope: QueuedEnvelope, message: bytes | int) -> Tuple[str, IO[bytes]]:
+        """:meth:`store`, with the message open and locked for us from
+        before it is committed (``--queue-first-try``): no runner can take
+        the mail between its commit and our own attempt."""
+        held: List[IO[bytes]] = []
+        mail_id = self._store(envelope, message, held)
+        return mail_id, held[0]
+
+    def _store(self, envelope: QueuedEnvelope, message: bytes | int,
+               held: Optional[List[IO[bytes]]]) -> str:
         mail_id = new_id()
         digest = hashlib.sha256()
         sizes = []
@@ -153,6 +177,8 @@ class Queue:
         envelope_tmp = ""
         message_path = self.path(mail_id, ".msg")
         try:
+            if held is not None:  # the lock goes with the file through the renames
+                held.append(_locked(message_tmp))
             envelope_tmp = _write_durably(self.directory, f"{mail_id}.env",
                                           iter([envelope.render(mail_id)]))
             os.rename(message_tmp, message_path)
@@ -162,6 +188,8 @@ class Queue:
             for path in (message_tmp, envelope_tmp, self.path(mail_id, ".env"), message_path):
                 if path:
                     _unlink(path)
+            for handle in held or ():
+                handle.close()
             raise
         return mail_id
 
@@ -379,13 +407,18 @@ def size_damage(mail_id: str, size: int, stored: int) -> str:
 
 class Queuer:
     """The session's delivery hook under ``--queue``: store, wake the
-    runner, answer 250 with the id; 451 when the mail cannot be stored."""
+    runner, answer 250 with the id; 451 when the mail cannot be stored.
+    With ``first_try`` (``--queue-first-try``, :mod:`msmtpd.delivery.first_try`)
+    the session tries the stored mail itself before it answers."""
 
     accepted_as = "queued"  # what --metrics calls a mail this hook took
 
-    def __init__(self, queue: Queue, peer: str = "") -> None:
+    def __init__(self, queue: Queue, peer: str = "",
+                 first_try: Optional[Callable[[str, IO[bytes], QueuedEnvelope], Reply]] = None
+                 ) -> None:
         self.queue = queue
         self.peer = peer
+        self.first_try = first_try
 
     def __call__(self, envelope: SessionEnvelope, spool: Spool) -> Reply:
         from msmtpd.delivery.pipe_command import summarise_recipients
@@ -393,8 +426,12 @@ class Queuer:
         from msmtpd.smtp.replies import reply_text
 
         queued = QueuedEnvelope(envelope.sender, envelope.recipients, time.time(), self.peer, spool.size)
+        held: Optional[IO[bytes]] = None
         try:
-            mail_id = self.queue.store(queued, spool.contents())
+            if self.first_try is None:
+                mail_id = self.queue.store(queued, spool.contents())
+            else:
+                mail_id, held = self.queue.store_locked(queued, spool.contents())
         except OSError as exc:
             reason = exc.strerror or str(exc)
             failed = replies.QUEUE_FAILED.format(reason=reason)
@@ -409,5 +446,11 @@ class Queuer:
                  envelope.sender, summarise_recipients(envelope.recipients), spool.size,
                  event="mail", peer=self.peer or "client", **envelope.log_fields(), size=spool.size,
                  result="queued", reply=reply_text(queued_reply), queue_id=mail_id)
+        # Also before a first try: should this session die in it, the
+        # runner knows the mail (it skips it while we hold its lock).
         self.queue.wake()
+        if self.first_try is not None and held is not None:
+            reply = self.first_try(mail_id, held, queued)
+            self.accepted_as = "delivered" if getattr(self.first_try, "delivered", False) else "queued"
+            return reply
         return queued_reply

@@ -65,7 +65,15 @@ class Service:
         if self.config.queue is not None:
             from msmtpd.delivery.queue_store import Queue, Queuer
 
-            deliver = Queuer(Queue(self.config.queue), peer.name)
+            queue = Queue(self.config.queue)
+            first_try = None
+            if self.config.queue_first_try > 0:
+                from msmtpd.delivery.first_try import FirstTry
+
+                first_try = FirstTry(queue, self.command, min(self.config.queue_first_try,
+                                                              self.config.command_timeout),
+                                     interrupt, peer.name, self.settings.counters)
+            deliver = Queuer(queue, peer.name, first_try)
         else:
             deliver = Deliverer(self.command, self.config.command_timeout, peer.name, interrupt,
                                 self.settings.counters)

@@ -118,4 +118,7 @@ DELIVERY_FAILED = Reply(554, "5.3.0 Delivery failed: {why}")
 
 # --queue: 250 only once the mail is on disk; 451 when it cannot be stored.
 QUEUED = Reply(250, "2.0.0 OK, queued as {id}")
+# --queue-first-try: the session's own attempt failed temporarily or ran out
+# of time; the runner goes on trying.
+QUEUED_AFTER_TRY = Reply(250, "2.0.0 OK, queued as {id}; first try: {why}; will retry")
 QUEUE_FAILED = Reply(451, "4.3.0 Cannot queue the message: {reason}; try again later")

@@ -208,3 +208,15 @@ def test_loop_and_rate_limit_refusals_are_counted(tmp_path: Path) -> None:
         assert found['msmtpd_refusals_total{reason="loop"}'] == 1
         assert found['msmtpd_refusals_total{reason="rate_limit"}'] == 1
         assert found['msmtpd_mails_total{result="delivered"}'] == 1
+
+
+def test_a_mail_delivered_on_its_first_try_counts_as_delivered(tmp_path: Path) -> None:
+    """--queue-first-try: the client heard "delivered", and so does --metrics."""
+    metrics_port = helpers.free_port()
+    with helpers.Server(["--command=cat >/dev/null; :", f"--queue={tmp_path / 'queue'}",
+                         "--queue-first-try=10", f"--metrics=127.0.0.1:{metrics_port}"]) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.sendmail("app@example.org", ["ok@example.org"], BODY)
+        found = _assert_counts(metrics_port, {'msmtpd_sessions_total{ending="quit"}': 1.0})
+        assert found['msmtpd_mails_total{result="delivered"}'] == 1
+        assert found['msmtpd_mails_total{result="queued"}'] == 0

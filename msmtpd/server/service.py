@@ -63,7 +63,8 @@ class Service:
                 interrupt: Optional[Interrupt] = None) -> Session:
         deliver: Deliver
         if self.config.queue is not None:
-            from msmtpd.delivery.queue_store import Queue, Queuer
+            from msmtpd.delivery.queue_intake import Queuer
+            from msmtpd.delivery.queue_store import Queue
 
             queue = Queue(self.config.queue)
             first_try = None

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
+from benchkit.bench.command_floor import LARGE
 from benchkit.bench.cpu import CPU_METRIC, SETTLE_SECONDS, Counter, CpuMeter
 from benchkit.bench.memory import PeakPss, pss_kb
 from benchkit.bench.report import Samples
@@ -32,7 +33,7 @@ class Load:
     @property
     def rate(self) -> str:
         """The throughput figure of its table: MB/s for large mails."""
-        return "MB/s" if len(self.body) > 100_000 else "mails/s"
+        return "MB/s" if len(self.body) >= LARGE else "mails/s"
 
 
 def run_load(pool: multiprocessing.pool.Pool, target: Target, load: Load) -> Dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from benchkit.bench.command_floor import runs_for
 from benchkit.bench.cpu import CPU_METRIC
 from benchkit.bench.daemon_loads import Load
 from benchkit.bench.programs import AIOSMTPD
@@ -17,6 +18,7 @@ COMMAND_ALONE = "the command"  # the floor's samples in load_samples: {"ms": CPU
 BEYOND = "beyond ms"  # CPU per mail minus the command's CPU per run, round by round
 SERVERS = ("ours", "C", AIOSMTPD)
 PEERS = ("C", AIOSMTPD)  # ours is compared with each
+FIGURE_WIDTH = 19  # a median with its range: "618.5 (588.1-638.9)"
 
 
 def series(load_samples: Samples, key: str, server: str, metric: str) -> List[float]:
@@ -56,10 +58,13 @@ def median_ratio(load_samples: Samples, key: str, peer: str, metric: str) -> Opt
                  median(series(load_samples, key, peer, metric)))
 
 
-def with_range(values: List[float], places: int = 2) -> str:
-    """The median, and the min-max in brackets when there are several."""
+def with_range(values: List[float]) -> str:
+    """The median, and the min-max in brackets when there are several; two
+    decimals below 10, one above (load 3's figures are in the tens and, for
+    aiosmtpd, the hundreds of ms)."""
     if not values:
         return "-"
+    places = 2 if abs(statistics.median(values)) < 10 else 1
     text = f"{statistics.median(values):.{places}f}"
     if len(values) > 1:
         text += f" ({min(values):.{places}f}-{max(values):.{places}f})"
@@ -70,7 +75,7 @@ def cell(value: Optional[float], width: int = 6, places: int = 2) -> str:
     return f"{value:{width}.{places}f}" if value is not None else f"{'-':>{width}}"
 
 
-def report_loads(loads: List[Load], load_samples: Samples, commands: Dict[str, str]) -> None:
+def report_loads(loads: List[Load], load_samples: Samples, commands: Dict[str, str], quick: bool) -> None:
     """A table per load; ``commands`` gives each load key's command, as the
     header names it."""
     print("\nloads 1 to 3: medians of the rounds, (the rounds' min-max); CPU ms/mail as described above; "
@@ -83,9 +88,13 @@ def report_loads(loads: List[Load], load_samples: Samples, commands: Dict[str, s
         floor = series(load_samples, load.key, COMMAND_ALONE, "ms")
         print(f"\nload {load.key}: {load.title}; {load.sessions * load.mails} mails a round; "
               f"command {commands[load.key]}")
-        print(f"   the command itself: {with_range(floor)} ms per run")
-        print(f"{'':22} {'CPU ms/mail':<17} {'beyond the':<17} {'ours/C':^20}  {'ours/aiosmtpd':^20}")
-        print(f"{'':3} {'server':9} {load.rate:>7}  {'(rounds)':<17} {'command (rounds)':<17} "
+        runs = runs_for(load.body, quick)
+        print(f"   the command itself: {with_range(floor)} ms per run (its CPU, median of {runs} runs alone "
+              "a round)")
+        width = FIGURE_WIDTH
+        print(f"{'':22} {'CPU ms/mail':<{width}} {'beyond the':<{width}} {'ours/C':^20}  "
+              f"{'ours/aiosmtpd':^20}")
+        print(f"{'':3} {'server':9} {load.rate:>7}  {'(rounds)':<{width}} {'command (rounds)':<{width}} "
               + f"{'rate':>6} {'CPU':>6} {'beyond':>6}  " * 2 + f"{'p50':>7} {'p99':>7}")
         for server in SERVERS:
             if (load.key, server) not in load_samples:
@@ -103,8 +112,8 @@ def table_line(load: Load, load_samples: Samples, server: str) -> str:
         ratios = "".join(" ".join(cell(median_ratio(load_samples, load.key, peer, metric))
                                   for metric in (load.rate, CPU_METRIC, BEYOND)) + "  " for peer in PEERS)
     return (f"{load.key:3} {server:9} {cell(rate, 7, 1)}  "
-            f"{with_range(series(load_samples, load.key, server, CPU_METRIC)):<17} "
-            f"{with_range(series(load_samples, load.key, server, BEYOND)):<17} {ratios}"
+            f"{with_range(series(load_samples, load.key, server, CPU_METRIC)):<{FIGURE_WIDTH}} "
+            f"{with_range(series(load_samples, load.key, server, BEYOND)):<{FIGURE_WIDTH}} {ratios}"
             f"{cell(figure('p50 ms'), 7, 1)} {cell(figure('p99 ms'), 7, 1)}")
 
 

@@ -263,7 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     if tls_target is not None and certificate is not None:
                         described = run_tls(pool, tls_target, certificate[0], tls_sessions, round_number,
                                             tls_samples)
-        report_all(loads + extra, load_samples, commands, samples, rounds, counter, start_times)
+        report_all(loads + extra, load_samples, commands, samples, rounds, counter, start_times,
+                   options.quick)
         if tls_samples:
             report_tls(tls_samples, tls_sessions, described)
         report_aims(load_samples, samples, start_times)
@@ -273,12 +274,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def report_all(loads: List[Load], load_samples: Samples, commands: Dict[str, str], samples: Samples,
-               rounds: int, counter: Optional[Counter], start_times: Dict[str, List[float]]) -> None:
+               rounds: int, counter: Optional[Counter], start_times: Dict[str, List[float]],
+               quick: bool) -> None:
     """The tables of loads 1 to 3 and 2s, of rows 4 to 6 and of row 7."""
     if load_samples:
         print()
         print(cpu_method(counter))
-        report_loads(loads, load_samples, commands)
+        report_loads(loads, load_samples, commands, quick)
     if samples:
         report(samples, rounds)
     if start_times:

@@ -111,6 +111,6 @@ def interpreter_notes() -> List[str]:
                 notes.append(f"note: {pth} (setuptools' own, in most virtualenvs) imports the small "
                              "_distutils_hack at every start")
             elif imports:
-                notes.append(f"note: {pth} runs code at every start of this interpreter, which raises "
-                             f"the floor of rows 4 and 7: {imports[0][:70]}")
+                notes.append(f"note: {pth} has an import line: it runs at every start of this "
+                             "interpreter, which raises the floor of rows 4 and 7")
     return notes

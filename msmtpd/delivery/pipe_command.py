@@ -242,6 +242,11 @@ class Deliverer:
                           spool.contents(), self.timeout, self.interrupt)
         if self.counters is not None:
             self.counters.observe_delivery(outcome.seconds)
+        if log.logger is not None:  # without a log target, its fields are not worth making
+            self._log(envelope, spool, outcome)
+        return outcome.reply
+
+    def _log(self, envelope: Envelope, spool: Spool, outcome: Outcome) -> None:
         level = INFO if outcome.delivered else ERROR
         detail = summarise_stderr(outcome.stderr)
         log.log(level, "%s: mail from <%s> to %s, %d octets: %s, %s in %.3f s%s",
@@ -252,4 +257,3 @@ class Deliverer:
                 event="mail", peer=self.who, **envelope.log_fields(), size=spool.size,
                 result=mail_result(outcome), reply=reply_text(outcome.reply), status=outcome.status,
                 seconds=round(outcome.seconds, 3), stderr=detail or None)
-        return outcome.reply

@@ -92,6 +92,8 @@ class WorkerServer(socketserver.BaseServer):
         self.worker = worker
 
     def shutdown_request(self, request: Any) -> None:
+        if request.fileno() < 0:
+            return  # the session's connection closed it already (FIN, linger, close)
         try:
             request.shutdown(socket.SHUT_WR)
         except OSError:

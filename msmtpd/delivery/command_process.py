@@ -201,6 +201,9 @@ class _Watch:
         self.interrupt = interrupt
         self.exited_at: Optional[float] = None
         self.reading = True  # the command's stderr is open
+        # When to ask the interrupt next: at once, then on a signal, and at
+        # least every INTERRUPT_CHECK_SECONDS (not at each event of the pipes).
+        self.ask_at = 0.0
         self.poll = select.poll()
         self.poll.register(process.stderr, select.POLLIN)
         if process.pidfd >= 0:
@@ -221,6 +224,7 @@ class _Watch:
         now = self._check_limits()
         events = self.poll.poll(self._wait_ms(now))
         if not events:
+            self.ask_at = 0.0  # a tick: the stop's grace may have run out
             return self._quiet()
         process = self.process
         for fd, _ in events:
@@ -231,16 +235,18 @@ class _Watch:
             elif fd == process.pidfd:
                 self.poll.unregister(fd)
                 self.exited_at = time.monotonic()
-            # the wake-up descriptor: interrupted() looks at it next round
+            else:  # the wake-up descriptor: a signal, for interrupted() to look at
+                self.ask_at = 0.0
         return True
 
     def _check_limits(self) -> float:
         """Raise when the command must end now; else the time."""
-        if self.interrupt is not None:
+        now = time.monotonic()
+        if self.interrupt is not None and now >= self.ask_at:
             reason = self.interrupt.interrupted()
             if reason is not None:
                 raise Interrupted(reason)
-        now = time.monotonic()
+            self.ask_at = now + INTERRUPT_CHECK_SECONDS
         if self.deadline is not None and now >= self.deadline:
             raise TimedOut()
         return now

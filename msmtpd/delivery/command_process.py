@@ -115,10 +115,15 @@ def command_environment(sender: str) -> Environment:
 
 
 def _null_device() -> int:
-    """/dev/null, opened once per process, for the command's standard output."""
+    """/dev/null, opened once per process, for the command's standard output
+    (the queue runner's attempts may ask at once, each in its thread)."""
     global _devnull
     if _devnull < 0:
-        _devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        if _devnull < 0:
+            _devnull = fd
+        else:
+            os.close(fd)  # another thread's came first
     return _devnull
 
 

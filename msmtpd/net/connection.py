@@ -85,11 +85,16 @@ class ClientNotReading(ConnectionError):
 class Watch(Protocol):
     """The worker's view of a waiting connection: ``wake_fd`` becomes
     readable on a signal; ``check`` handles it and may raise
-    :class:`ShutdownRequested` or :class:`Overloaded` while ``reading``."""
+    :class:`ShutdownRequested` or :class:`Overloaded` while ``reading``.
+    ``before_read`` is asked before each read: it may skip the whole check
+    when nothing can have happened since the last one (the wake-up
+    descriptor, which only ``check`` drains, is polled with the read)."""
 
     wake_fd: int
 
     def check(self, connection: Connection, reading: bool) -> None: ...
+
+    def before_read(self, connection: Connection) -> None: ...
 
 
 class Connection(LineReader):
@@ -237,7 +242,7 @@ class Connection(LineReader):
         if self._out:
             self.flush()
         if self.watch is not None:  # a stop between transactions wins over waiting input
-            self.watch.check(self, reading=True)
+            self.watch.before_read(self)
         while True:
             self._wait(writing=False, deadline=self._deadline(self._replied_at),
                        expired=RequestTimeout)

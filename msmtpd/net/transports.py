@@ -15,7 +15,7 @@ import select
 import socket
 import stat
 import time
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Dict, Optional, Tuple, Union
 
 # No single poll waits longer than this, whatever the timeout.
 MAX_POLL_SECONDS = 3600.0
@@ -65,20 +65,31 @@ class Transport:
     def __init__(self, reader: Endpoint, writer: Endpoint) -> None:
         self.reader = reader
         self.writer = writer
+        # One poll object per direction, made at the first wait (a session
+        # waits some four times a mail): the endpoint's descriptor and the
+        # wake-up descriptor registered in it, and the descriptor to look for.
+        self._pollers: Dict[Tuple[bool, Optional[int]], Tuple[Any, int]] = {}
 
     def wait(self, writing: bool, seconds: float, wake_fd: Optional[int]) -> bool:
         """True when the endpoint is ready; False after ``seconds`` or on a wake-up."""
-        poller = select.poll()
-        poller.register(self.writer if writing else self.reader,
-                        select.POLLOUT if writing else select.POLLIN)
-        if wake_fd is not None:
-            poller.register(wake_fd, select.POLLIN)
-        wanted = self._fd(self.writer if writing else self.reader)
+        poller, wanted = self._pollers.get((writing, wake_fd)) or self._poller(writing, wake_fd)
         try:
             events = poller.poll(max(0, int(min(seconds, MAX_POLL_SECONDS) * 1000)) + 1)
         except InterruptedError:
             return False
-        return any(fd == wanted for fd, _ in events)
+        for fd, _ in events:
+            if fd == wanted:
+                return True
+        return False
+
+    def _poller(self, writing: bool, wake_fd: Optional[int]) -> Tuple[Any, int]:
+        endpoint = self.writer if writing else self.reader
+        poller = select.poll()
+        poller.register(endpoint, select.POLLOUT if writing else select.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        made = self._pollers[writing, wake_fd] = (poller, self._fd(endpoint))
+        return made
 
     def recv(self, size: int) -> bytes:
         if isinstance(self.reader, socket.socket):

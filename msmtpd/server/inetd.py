@@ -32,6 +32,9 @@ class _Signals:
         if self.recorded.handle() and reading:
             raise ShutdownRequested()
 
+    def before_read(self, connection: Connection) -> None:
+        self.check(connection, reading=True)
+
     def interrupted(self) -> Optional[str]:
         return "msmtpd received SIGTERM" if self.recorded.handle() else None
 

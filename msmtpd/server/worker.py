@@ -92,6 +92,8 @@ class WorkerServer(socketserver.BaseServer):
         self.worker = worker
 
     def shutdown_request(self, request: Any) -> None:
+        if request.fileno() < 0:
+            return  # the session's connection closed it already (FIN, linger, close)
         try:
             request.shutdown(socket.SHUT_WR)
         except OSError:
@@ -125,6 +127,7 @@ class Worker:
         self.stop_deadline = float("inf")  # when running sessions and commands must end
         self.wake_fd = -1
         self.session: Optional[Session] = None
+        self.master_check_at = 0.0  # when a session's reads look at the master again
 
     def run(self) -> None:
         """The worker's whole life; never returns."""
@@ -153,6 +156,7 @@ class Worker:
 
     def handle_signals(self) -> None:
         """Act on what the signal handlers recorded, and on the master's death."""
+        self.master_check_at = time.monotonic() + PARENT_CHECK_SECONDS
         if self.signals.handle() or master_gone(self.master_pid):
             self.stop()
         elif self.signals.retire_requested and self.session is None:
@@ -211,6 +215,18 @@ class Worker:
         if (connection.awaiting_command and connection.unproductive_seconds >= OVERLOAD_IDLE_SECONDS
                 and self._pool_overloaded()):
             raise Overloaded()
+
+    def before_read(self, connection: Connection) -> None:
+        """The check before each read, done whole only when it may find
+        something: a signal recorded, a stop under way, a session idle long
+        enough for the overload rule, or a second since the master was last
+        looked at.  The reads of a busy session then make no system call
+        here (the wake-up descriptor is polled with the read, and a wake-up
+        gets the whole check)."""
+        if (self.signals.inbox.pending or self.stopping
+                or connection.unproductive_seconds >= OVERLOAD_IDLE_SECONDS
+                or time.monotonic() >= self.master_check_at):
+            self.check(connection, reading=True)
 
     def interrupted(self) -> Optional[str]:
         """For a running delivery command: why it must end now, if it must."""

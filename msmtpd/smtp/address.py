@@ -36,6 +36,9 @@ def _as_ascii(text: str) -> str:
     return _NON_ASCII.sub("a", text)
 
 
+# C0 controls and DEL have no place in a path (a TAB included, which a command line may hold).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 # RFC 5321 section 4.1.2: A-d-l, a source route to be accepted and ignored.
 _SOURCE_ROUTE = re.compile(r"@[^,:]+(?:,@[^,:]+)*:")
 
@@ -73,6 +76,9 @@ def split_path(argument: str) -> tuple[str, str]:
 
 def _closing_bracket(text: str) -> int:
     """Index of the '>' closing the path, skipping quoted strings."""
+    end = text.find(">")
+    if end >= 0 and '"' not in text[:end]:
+        return end  # no quoted string before it: the usual path, without a loop per character
     quoted = escaped = False
     for index, char in enumerate(text):
         if escaped:
@@ -88,7 +94,7 @@ def _closing_bracket(text: str) -> int:
 
 def parse_path(path: str, utf8: bool, allow_null: bool) -> Path:
     """Validate one path as given in MAIL FROM or RCPT TO."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL.search(path):
         raise AddressError("control characters are not allowed")
     if len(path.encode("utf-8")) > MAX_PATH:
         raise AddressError(f"path longer than {MAX_PATH} octets")

@@ -6,7 +6,7 @@ RFC 3463 and are announced with ENHANCEDSTATUSCODES (RFC 2034).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Dict, NamedTuple
 
 
 class Reply(NamedTuple):
@@ -16,6 +16,10 @@ class Reply(NamedTuple):
     def encode(self) -> bytes:
         """The reply as it goes on the wire; a text with newlines becomes a
         multi-line reply (RFC 5321 section 4.2.1)."""
+        wire = _ENCODED.get(self)
+        return self._wire() if wire is None else wire
+
+    def _wire(self) -> bytes:
         lines = self.text.split("\n")
         out = [f"{self.code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{self.code} {lines[-1]}\r\n")
@@ -122,3 +126,9 @@ QUEUED = Reply(250, "2.0.0 OK, queued as {id}")
 # of time; the runner goes on trying.
 QUEUED_AFTER_TRY = Reply(250, "2.0.0 OK, queued as {id}; first try: {why}; will retry")
 QUEUE_FAILED = Reply(451, "4.3.0 Cannot queue the message: {reason}; try again later")
+
+# The replies above encoded once, at import: the same few go out for every
+# mail.  Formatted replies (a host name, a size, what a client sent) are
+# encoded each time and never kept, so no client can grow this.
+_ENCODED: Dict[Reply, bytes] = {reply: reply._wire() for reply in list(globals().values())
+                                if isinstance(reply, Reply)}

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -402,3 +404,48 @@ def test_stderr_of_a_command_that_times_out_is_kept() -> None:
     outcome = deliver(PipeCommand("echo stuck on the relay >&2; sleep 30; :"), "a@x", ["r@x"], b"x\n", 1)
     assert outcome.reply.code == 451 and "timed out" in outcome.status
     assert outcome.stderr.strip() == "stuck on the relay"
+
+
+# -- what the command starts with ------------------------------------------
+
+
+def test_command_starts_with_default_signals_and_none_blocked(tmp_path: Path) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; the command must not (a `cat`
+    into a closed pipe must die of SIGPIPE), and a signal msmtpd blocks
+    for a moment must not stay blocked in it."""
+    status = tmp_path / "status"
+    command = PipeCommand(f"grep -E '^Sig(Ign|Blk):' /proc/self/status > {q(status)}; cat >/dev/null; :")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        assert deliver(command, "s@x", ["r@x"], MESSAGE, 10).delivered
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    masks = dict(line.split(":") for line in status.read_text().splitlines())
+    ignored = int(masks["SigIgn"], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1)), masks
+    assert int(masks["SigBlk"], 16) == 0, masks
+
+
+def test_a_lost_exit_status_is_never_a_success() -> None:
+    """With SIGCHLD ignored the kernel reaps the command itself and its
+    exit status is gone: 451, where subprocess used to report 0 (250)."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        outcome = deliver(PipeCommand("true"), "s@x", ["r@x"], MESSAGE, 10)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert outcome.reply.code == 451 and "exit status was lost" in outcome.status
+
+
+def test_a_process_started_with_its_standard_descriptors_closed(tmp_path: Path) -> None:
+    """With 0, 1 and 2 closed, the pipes msmtpd makes for the command get
+    those numbers; the command still gets the message on 0 and its stderr
+    is still read."""
+    result = tmp_path / "result"
+    code = ("import os, sys\n"
+            "for fd in (0, 1, 2): os.close(fd)\n"
+            "from msmtpd.delivery.pipe_command import PipeCommand, deliver\n"
+            "outcome = deliver(PipeCommand('cat >&2; :'), 's@x', ['r@x'], b'the message\\n', 10)\n"
+            f"open({str(result)!r}, 'w').write(repr((outcome.reply.code, outcome.stderr)))\n")
+    subprocess.run([sys.executable, "-c", code], timeout=20, check=True)
+    assert result.read_text() == repr((250, "the message\n"))

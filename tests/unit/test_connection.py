@@ -168,6 +168,9 @@ class Watch:
                 and connection.idle_seconds >= self.overload_after):
             raise Overloaded()
 
+    def before_read(self, connection: Connection) -> None:
+        self.check(connection, reading=True)
+
 
 def test_the_watch_is_consulted_every_tick_while_waiting() -> None:
     watch = Watch()

@@ -7,9 +7,12 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from typing import Callable, Iterable, Iterator, List, Set, Tuple
 
 from msmtpd.base.exit_codes import EXIT_NOT_RUNNING
+
+TYPE_CHECKING = False  # typing at run time costs every process some 1.6 MB and 3 ms; annotations are strings
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Iterator, List, Set, Tuple
 
 PR_SET_CHILD_SUBREAPER = 36
 # How often a child (worker, queue runner) checks that its master is alive.

@@ -1,13 +1,18 @@
-"""What an --inetd session imports, in a real process: without --log it
-never imports logging, and a plain session (no AUTH, TLS, queue, metrics or
-proxy) none of the modules kept for those; the log format is in tests/unit."""
+"""What msmtpd's processes import, as real processes: without --log an
+--inetd session never imports logging, and a plain session (no AUTH, TLS,
+queue, metrics or proxy) none of the modules kept for those; the master
+imports nothing before it forks that its workers would carry for nothing.
+The log format is in tests/unit."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 from typing import Set
+
+from tests.helpers import Server, children, wait_until
 
 CONVERSATION = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
 # What only AUTH, TLS, a large message, --queue, --metrics, --log,
@@ -57,3 +62,29 @@ def test_a_plain_inetd_session_on_a_socket_imports_nothing_it_does_not_use() -> 
         write.sendall(CONVERSATION)
         write.shutdown(socket.SHUT_WR)
         assert set(NOT_FOR_A_PLAIN_SESSION) & inetd_session_imports(read) == set()
+
+
+# What the master must not import before it forks: every worker would
+# carry it (dataclasses brings inspect, ast, dis and tokenize, some 2.5 MB;
+# socketserver brings threading, whose at-fork hook dirties some 330 KB of
+# every worker), and what only options not given here need.
+NOT_FOR_A_PLAIN_DAEMON = ("dataclasses", "inspect", "ast", "socketserver", "logging", "ssl", "json",
+                          "tempfile", "base64", "msmtpd.base.metrics", "msmtpd.delivery.queue_store")
+
+
+def test_a_plain_daemon_forks_its_workers_without_modules_they_do_not_use() -> None:
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    server = Server(["--command=/bin/true"], env=env).start()
+    try:
+        wait_until(lambda: len(children(server.pid)) >= 2, what="the spare workers")
+    finally:
+        server.stop()
+    assert server.process is not None and server.process.stderr is not None
+    report = server.process.stderr.read()
+    server.process.stderr.close()
+    assert server.process.stdout is not None
+    server.process.stdout.close()
+    imported = {line.rpartition(b"|")[2].strip().decode() for line in report.splitlines()
+                if line.startswith(b"import time:")}
+    assert "msmtpd.server.worker" in imported, report[-500:]
+    assert set(NOT_FOR_A_PLAIN_DAEMON) & imported == set()

@@ -10,7 +10,6 @@ them; with it, this is the only module that calls ``recv``, ``send`` or
 from __future__ import annotations
 
 import _socket  # the socket module imports enum and selectors: some 3 ms of an --inetd session
-import mmap
 import os
 import select
 import stat
@@ -37,14 +36,17 @@ LINGER_CHUNK = 65536
 
 # Sockets are read into this buffer, one per process (a worker serves one
 # session at a time): a large read then costs no large allocation.  (mmap
-# is imported with this module, not at the first read: by then --user may
-# have dropped the privileges that reach the Python installation.)
+# is imported at the first read from a socket, which an --inetd session on
+# a pipe never makes; service.LATE_MODULES names it, so that --user's drop
+# imports it while the Python installation can still be read.)
 _scratch = memoryview(b"")
 
 
 def _recv_buffer(size: int) -> memoryview:
     global _scratch
     if len(_scratch) < size:
+        import mmap
+
         # Anonymous memory: a page counts only once a read has filled it,
         # so a worker that only saw small mails keeps a page or two.
         _scratch = memoryview(mmap.mmap(-1, size))

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 
 # What a session imports only when it first needs it (a message over the
-# memory limit, an AUTH, a TLS session, a failure to log): privileges.drop
-# imports them before the switch to --user.
-LATE_MODULES = ("tempfile", "hmac", "base64", "msmtpd.policy.allow_list", "traceback",
+# memory limit, an AUTH, a read from a socket, a TLS session, a failure to
+# log): privileges.drop imports them before the switch to --user.
+LATE_MODULES = ("tempfile", "hmac", "base64", "mmap", "msmtpd.policy.allow_list", "traceback",
                 "msmtpd.net.tls_context")
 
 

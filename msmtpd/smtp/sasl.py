@@ -9,8 +9,6 @@ become equal.
 
 from __future__ import annotations
 
-import binascii
-
 from msmtpd.smtp import replies
 from msmtpd.smtp.replies import Reply
 
@@ -83,5 +81,5 @@ def b64decode(text: str) -> Optional[bytes]:
 
     try:
         return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error is one
         return None

@@ -23,8 +23,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
-from typing import Callable, Collection, FrozenSet, NamedTuple, Optional
+
+# Neither typing nor dataclasses at run time: this module is imported by the
+# master before it forks (the pid file, the log), and dataclasses brings
+# inspect, ast, dis and tokenize, some 2.5 MB that every worker would share.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Collection, FrozenSet, Optional
 
 # What every open here adds to the caller's flags.
 SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -74,15 +79,19 @@ def account_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-class Words(NamedTuple):
+class Words:
     """How a refusal reads.  The queue's lines name what was found; the log
     and pid file's lines say what is wrong.  Both are kept word for word:
     people and tests read them."""
 
-    symlink: str
-    wrong_kind: str  # {found}, {wanted}: kinds
-    wrong_owner: str  # {found}: the owner, {uid}: its uid, {wanted}: the owners allowed
-    name: Callable[[int], str]  # how {found} and each of {wanted} name a uid
+    __slots__ = ("symlink", "wrong_kind", "wrong_owner", "name")
+
+    def __init__(self, symlink: str, wrong_kind: str, wrong_owner: str,
+                 name: Callable[[int], str]) -> None:
+        self.symlink = symlink
+        self.wrong_kind = wrong_kind  # {found}, {wanted}: kinds
+        self.wrong_owner = wrong_owner  # {found}: the owner, {uid}: its uid, {wanted}: the owners allowed
+        self.name = name  # how {found} and each of {wanted} name a uid
 
 
 NAMING = Words("is a symbolic link", "is {found}, not {wanted}",
@@ -91,15 +100,19 @@ TERSE = Words("is a symbolic link; refusing to follow it", "is not {wanted}",
               "belongs to uid {uid}, not to {wanted}", account_name)
 
 
-@dataclass(frozen=True)
 class Rules:
     """What a file must be before we use it."""
 
-    kind: int = stat.S_IFREG  # stat.S_IFREG, S_IFDIR, S_IFIFO
-    owners: Optional[FrozenSet[int]] = None  # anyone when None
-    refuse_shared_write: bool = False  # writable by group or others
-    refuse_hard_links: bool = False  # a file that is also elsewhere
-    words: Words = NAMING
+    __slots__ = ("kind", "owners", "refuse_shared_write", "refuse_hard_links", "words")
+
+    def __init__(self, kind: int = stat.S_IFREG, owners: Optional[FrozenSet[int]] = None,
+                 refuse_shared_write: bool = False, refuse_hard_links: bool = False,
+                 words: Words = NAMING) -> None:
+        self.kind = kind  # stat.S_IFREG, S_IFDIR, S_IFIFO
+        self.owners = owners  # anyone when None
+        self.refuse_shared_write = refuse_shared_write  # writable by group or others
+        self.refuse_hard_links = refuse_hard_links  # a file that is also elsewhere
+        self.words = words
 
 
 def queue_file(kind: int, owner: Optional[int]) -> Rules:

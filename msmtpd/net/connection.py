@@ -24,13 +24,11 @@ NOOP or RSET, or commands that are refused, keeps the clock running.
 from __future__ import annotations
 
 import time
-from typing import IO, Any, Callable, Optional, Protocol
 
 from msmtpd.net.line_reader import CHUNK_SIZE, DATA_CHUNK_SIZE, LineReader
 from msmtpd.net.peer import Peer
 from msmtpd.net.transports import (
     MAX_POLL_SECONDS,
-    Endpoint,
     MemoryTransport,
     TLSFailed,
     TLSTransport,
@@ -39,12 +37,17 @@ from msmtpd.net.transports import (
     endpoint_of,
 )
 
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Optional, Protocol
+
+
 # The transports, and what a descriptor is, are named here too: the
 # session, the worker and --inetd know one module of the network.
 __all__ = ["MIN_DATA_RATE", "OVERLOAD_IDLE_SECONDS", "TICK_SECONDS", "ClientNotReading",
-           "Connection", "DataTooSlow", "Endpoint", "MemoryTransport", "Overloaded",
-           "RequestTimeout", "ShutdownRequested", "TLSFailed", "TLSTransport", "TLSUnavailable",
-           "Transport", "Watch", "endpoint_of", "in_memory"]
+           "Connection", "DataTooSlow", "MemoryTransport", "Overloaded", "RequestTimeout",
+           "ShutdownRequested", "TLSFailed", "TLSTransport", "TLSUnavailable", "Transport",
+           "endpoint_of", "in_memory"]
 
 # Postfix's smtpd_min_data_rate default: octets per second that DATA must
 # average once it has lasted the timeout.
@@ -82,19 +85,20 @@ class ClientNotReading(ConnectionError):
     such a client, so the connection is only closed."""
 
 
-class Watch(Protocol):
-    """The worker's view of a waiting connection: ``wake_fd`` becomes
-    readable on a signal; ``check`` handles it and may raise
-    :class:`ShutdownRequested` or :class:`Overloaded` while ``reading``.
-    ``before_read`` is asked before each read: it may skip the whole check
-    when nothing can have happened since the last one (the wake-up
-    descriptor, which only ``check`` drains, is polled with the read)."""
+if TYPE_CHECKING:
+    class Watch(Protocol):
+        """The worker's view of a waiting connection: ``wake_fd`` becomes
+        readable on a signal; ``check`` handles it and may raise
+        :class:`ShutdownRequested` or :class:`Overloaded` while ``reading``.
+        ``before_read`` is asked before each read: it may skip the whole check
+        when nothing can have happened since the last one (the wake-up
+        descriptor, which only ``check`` drains, is polled with the read)."""
 
-    wake_fd: int
+        wake_fd: int
 
-    def check(self, connection: Connection, reading: bool) -> None: ...
+        def check(self, connection: Connection, reading: bool) -> None: ...
 
-    def before_read(self, connection: Connection) -> None: ...
+        def before_read(self, connection: Connection) -> None: ...
 
 
 class Connection(LineReader):

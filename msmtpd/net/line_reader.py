@@ -10,14 +10,16 @@ deadlines, and a timeout is that ``recv`` raising :class:`TimeoutError`.
 
 from __future__ import annotations
 
-from typing import Callable
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
+if TYPE_CHECKING:
+    from typing import Callable
+
+    Recv = Callable[[int], bytes]
 
 CHUNK_SIZE = 64 * 1024
 # DATA is read in larger pieces: fewer trips through the deadlines and the
 # worker's checks, and the spool written in bigger blocks.
 DATA_CHUNK_SIZE = 256 * 1024
-
-Recv = Callable[[int], bytes]
 
 
 class LineReader:

@@ -8,8 +8,8 @@ changes only how a Peer is made.
 
 from __future__ import annotations
 
-import socket
-from array import array  # loaded by socket already; struct would be one more import
+import _socket  # not socket, which imports enum and selectors (some 3 ms of an --inetd session)
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # struct ucred (socket(7), SO_PEERCRED): pid_t pid, uid_t uid, gid_t gid, each 32 bits.
 UCRED_FIELDS = 3
+UCRED_FIELD_SIZE = 4  # unsigned: uid_t and gid_t
 # An IPv4 client of a dual-stack (IPv6) socket, as the kernel names it.
 _MAPPED_PREFIX = "::ffff:"
 
@@ -110,14 +111,15 @@ def peer_of(endpoint: Endpoint) -> Peer:
     """The peer of a connected endpoint: the IP address and port of a TCP
     socket, the kernel's credentials of a Unix socket's caller, nothing for
     a pipe."""
-    if not isinstance(endpoint, socket.socket):
+    if not isinstance(endpoint, _socket.socket):
         return Peer()
     try:
-        if endpoint.family == socket.AF_UNIX:
-            fields = array("I")  # uid_t and gid_t are unsigned
-            fields.frombytes(endpoint.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                 UCRED_FIELDS * fields.itemsize))
-            pid, uid, gid = fields
+        if endpoint.family == _socket.AF_UNIX:
+            # Not array or struct: array imports collections (some 2 ms of an --inetd session).
+            size = UCRED_FIELD_SIZE
+            raw = endpoint.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, UCRED_FIELDS * size)
+            pid, uid, gid = (int.from_bytes(raw[at:at + size], sys.byteorder)
+                             for at in range(0, UCRED_FIELDS * size, size))
             return unix_peer(pid, uid, gid)
         address = endpoint.getpeername()
     except OSError:

@@ -9,13 +9,17 @@ them; with it, this is the only module that calls ``recv``, ``send`` or
 
 from __future__ import annotations
 
-import mmap
+import _socket  # the socket module imports enum and selectors: some 3 ms of an --inetd session
 import os
 import select
-import socket
 import stat
 import time
-from typing import IO, Any, Callable, Dict, Optional, Tuple, Union
+
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Dict, Optional, Tuple, Union
+
+    Endpoint = Union[_socket.socket, int]
 
 # No single poll waits longer than this, whatever the timeout.
 MAX_POLL_SECONDS = 3600.0
@@ -30,18 +34,19 @@ LINGER_SECONDS = 0.5
 LINGER_OCTETS = 1 << 20
 LINGER_CHUNK = 65536
 
-Endpoint = Union[socket.socket, int]
-
 # Sockets are read into this buffer, one per process (a worker serves one
 # session at a time): a large read then costs no large allocation.  (mmap
-# is imported with this module, not at the first read: by then --user may
-# have dropped the privileges that reach the Python installation.)
+# is imported at the first read from a socket, which an --inetd session on
+# a pipe never makes; service.LATE_MODULES names it, so that --user's drop
+# imports it while the Python installation can still be read.)
 _scratch = memoryview(b"")
 
 
 def _recv_buffer(size: int) -> memoryview:
     global _scratch
     if len(_scratch) < size:
+        import mmap
+
         # Anonymous memory: a page counts only once a read has filled it,
         # so a worker that only saw small mails keeps a page or two.
         _scratch = memoryview(mmap.mmap(-1, size))
@@ -92,14 +97,14 @@ class Transport:
         return made
 
     def recv(self, size: int) -> bytes:
-        if isinstance(self.reader, socket.socket):
+        if isinstance(self.reader, _socket.socket):
             buffer = _recv_buffer(size)
-            return bytes(buffer[:self.reader.recv_into(buffer, size, socket.MSG_DONTWAIT)])
+            return bytes(buffer[:self.reader.recv_into(buffer, size, _socket.MSG_DONTWAIT)])
         return os.read(self.reader, size)
 
     def send(self, data: memoryview) -> int:
-        if isinstance(self.writer, socket.socket):
-            return self.writer.send(data, socket.MSG_DONTWAIT)
+        if isinstance(self.writer, _socket.socket):
+            return self.writer.send(data, _socket.MSG_DONTWAIT)
         # A pipe or terminal stays blocking (it may be shared with other
         # processes): write only what fits once poll says it is writable.
         poller = select.poll()
@@ -115,21 +120,21 @@ class Transport:
     def close(self) -> None:
         """FIN after the last reply, then close (the socket ends only)."""
         for end in {id(self.reader): self.reader, id(self.writer): self.writer}.values():
-            if isinstance(end, socket.socket):
+            if isinstance(end, _socket.socket):
                 _shut(end)
 
     def start_tls(self, context: Any) -> Transport:
         """The TLS transport over this one's socket (not yet shaken hands)."""
-        if not isinstance(self.reader, socket.socket):
+        if not isinstance(self.reader, _socket.socket):
             raise TLSUnavailable()
-        if self.writer is not self.reader and isinstance(self.writer, socket.socket):
+        if self.writer is not self.reader and isinstance(self.writer, _socket.socket):
             self.writer.close()  # --inetd's second descriptor of the same socket
         self.reader.setblocking(False)
         try:
             # OpenSSL writes its session tickets and then our first reply as
             # separate small records: with Nagle's algorithm the reply waits
             # for the client's delayed ACK, some 40 ms a session.
-            self.reader.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.reader.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (a Unix socket under --inetd)
         return TLSTransport(context.wrap_socket(self.reader, server_side=True,
@@ -141,7 +146,7 @@ class Transport:
 
     @property
     def can_start_tls(self) -> bool:
-        return isinstance(self.reader, socket.socket)
+        return isinstance(self.reader, _socket.socket)
 
 
 class TLSTransport(Transport):
@@ -214,7 +219,7 @@ class TLSTransport(Transport):
         _shut(self.socket, linger=False)
 
 
-def _shut(sock: socket.socket, linger: bool = True) -> None:
+def _shut(sock: _socket.socket, linger: bool = True) -> None:
     """FIN after our last reply, then close.  With ``linger`` (a plain
     socket), what the client sent and we never read (commands pipelined
     behind a refusal, anything after QUIT) is read and dropped until the
@@ -222,7 +227,7 @@ def _shut(sock: socket.socket, linger: bool = True) -> None:
     unread input sends RST instead of FIN, and an RST can destroy our last
     reply (554, 421, 221) before the client has read it."""
     try:
-        sock.shutdown(socket.SHUT_WR)
+        sock.shutdown(_socket.SHUT_WR)
     except OSError:
         sock.close()  # the client is gone already
         return
@@ -231,7 +236,7 @@ def _shut(sock: socket.socket, linger: bool = True) -> None:
     sock.close()
 
 
-def _linger(sock: socket.socket) -> None:
+def _linger(sock: _socket.socket) -> None:
     deadline = time.monotonic() + LINGER_SECONDS
     dropped = 0
     try:
@@ -239,7 +244,7 @@ def _linger(sock: socket.socket) -> None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 return
-            chunk = sock.recv(LINGER_CHUNK, socket.MSG_DONTWAIT)
+            chunk = sock.recv(LINGER_CHUNK, _socket.MSG_DONTWAIT)
             if not chunk:
                 return  # the client closed too
             dropped += len(chunk)
@@ -281,7 +286,7 @@ def endpoint_of(fd: int) -> Endpoint:
     read and written without blocking), else the descriptor itself."""
     try:
         if stat.S_ISSOCK(os.fstat(fd).st_mode):
-            return socket.socket(fileno=os.dup(fd))
+            return _socket.socket(fileno=os.dup(fd))
     except OSError:
         pass
     return fd

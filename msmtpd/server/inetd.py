@@ -11,7 +11,6 @@ owned it stopped answering.
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
 
 from msmtpd.base.config import Config
 from msmtpd.base.exit_codes import EXIT_FAILURE, EXIT_OK
@@ -19,6 +18,10 @@ from msmtpd.net.connection import Connection, ShutdownRequested, Transport, endp
 from msmtpd.net.peer import peer_of
 from msmtpd.server.service import LATE_MODULES, prepare
 from msmtpd.system.signal_inbox import RecordedSignals
+
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 class _Signals:

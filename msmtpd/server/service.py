@@ -3,8 +3,7 @@ shared by ``--inetd`` and the pre-forked workers."""
 
 from __future__ import annotations
 
-import socket
-from typing import TYPE_CHECKING, Any, Optional
+import _socket  # not socket (enum, selectors): an --inetd session needs only gethostname
 
 from msmtpd.base.config import Config, ConfigError
 from msmtpd.base.logger import log
@@ -12,18 +11,21 @@ from msmtpd.delivery.pipe_command import Deliverer, Interrupt, PipeCommand
 from msmtpd.net.connection import Connection
 from msmtpd.net.peer import Peer
 from msmtpd.smtp.session import Session, Settings
-from msmtpd.smtp.session_parts import Deliver
 
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
 if TYPE_CHECKING:
     import logging
+    from typing import Any, Optional
 
     from msmtpd.policy.allow_list import AllowList
+    from msmtpd.smtp.session_parts import Deliver
 
 
 # What a session imports only when it first needs it (a message over the
-# memory limit, an AUTH, a TLS session, a failure to log): privileges.drop
-# imports them before the switch to --user.
-LATE_MODULES = ("tempfile", "hmac", "msmtpd.policy.allow_list", "traceback", "msmtpd.net.tls_context")
+# memory limit, an AUTH, a read from a socket, a TLS session, a failure to
+# log): privileges.drop imports them before the switch to --user.
+LATE_MODULES = ("tempfile", "hmac", "base64", "mmap", "msmtpd.policy.allow_list", "traceback",
+                "msmtpd.net.tls_context")
 
 
 class Service:
@@ -105,7 +107,7 @@ def prepare(config: Config, shared_failure_time: Any = None, tls_context: Any = 
             prepare_directory(config.queue, config.user)
         except QueueError as exc:
             raise ConfigError(str(exc)) from None
-    settings = Settings(hostname=socket.gethostname() or "localhost",
+    settings = Settings(hostname=_socket.gethostname() or "localhost",
                         max_size=config.max_size, spool_dir=config.spool_dir,
                         shell_safe=config.shell_safe_addresses, tls=tls_context,
                         tls_implicit=config.tls_implicit, tls_required=config.tls_required,

@@ -55,14 +55,14 @@ def adopt_listener(fd: int) -> socket.socket:
 
 def is_listening_socket(fd: int) -> bool:
     """inetd's ``wait = yes`` hands over the listening socket itself."""
-    import socket  # only with --inetd, which needs it anyway
+    import _socket  # not socket, which imports enum and selectors (some 3 ms of an --inetd session)
 
     try:
-        sock = socket.socket(fileno=os.dup(fd))
+        sock = _socket.socket(fileno=os.dup(fd))
     except OSError:
         return False
     try:
-        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        return bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))
     except OSError:
         return False
     finally:

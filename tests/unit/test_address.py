@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Tuple
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from msmtpd.smtp.address import MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH, AddressError, parse_path, split_path
+from msmtpd.smtp.address import (
+    MAX_DOMAIN,
+    MAX_LOCAL_PART,
+    MAX_PATH,
+    AddressError,
+    _mailbox_parts,
+    _source_route_end,
+    parse_path,
+    split_path,
+)
 
 
 def long_domain(octets: int) -> str:
@@ -165,3 +177,35 @@ def test_split_path_without_closing_bracket(argument: str) -> None:
     """A path whose '>' is missing (or only inside quotes) is an error."""
     with pytest.raises(AddressError):
         split_path(argument)
+
+
+# The grammar of RFC 5321 section 4.1.2 as regular expressions (what the
+# parser used before it read the grammar by hand, to spare --inetd the
+# import of re): the hand-written reading must agree with them.
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_DOT_STRING = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+MAILBOX = re.compile(
+    rf"(?P<local>{_DOT_STRING}|{_QUOTED})(?:@(?P<domain>{_LABEL}(?:\.{_LABEL})*|{_LITERAL}))?")
+SOURCE_ROUTE = re.compile(r"@[^,:]+(?:,@[^,:]+)*:")
+# Every character the grammar gives a meaning to, some it refuses, and
+# a few that stand for any other.
+GRAMMAR_TEXT = st.text(st.sampled_from(list('aZ09.-@"\\[]:, !#~_`{|}()<>;\x7e\x7f\x1f')), max_size=24)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(GRAMMAR_TEXT)
+@example('"a\\"b"@[1.2.3.4]')
+@example("a.b@x-y.z")
+@example('"\\')
+@example("a@[]")
+@example("a@b.-c")
+def test_the_hand_written_grammar_agrees_with_the_regular_expressions(text: str) -> None:
+    match = MAILBOX.fullmatch(text)
+    expected = None if match is None else (
+        match.end("local"), match.start("domain") if match.group("domain") is not None else -1)
+    assert _mailbox_parts(text) == expected
+    route = SOURCE_ROUTE.match(text)
+    assert _source_route_end(text) == (route.end() if route else 0)

@@ -174,3 +174,15 @@ def test_a_write_that_takes_nothing_is_a_full_disk() -> None:
     with pytest.raises(OSError) as raised:
         _write_all(Trickle(0), b"x")  # type: ignore[arg-type]
     assert raised.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("kinds", [["sparse", "dense", "dense", "sparse", "sparse"],
+                                   ["dense", "sparse", "dense"]])
+def test_dense_and_sparse_dot_lines_alike(kinds: List[str]) -> None:
+    """Chunks thick with dot-stuffed lines (unstuffed by bytes.replace) and
+    chunks with few (by the regular expression) give the same message."""
+    blocks = {"dense": b"..\r\n.x\r\n" * 40, "sparse": b"w" * 300 + b"\r\n..y\r\n"}
+    body = b"".join(blocks[kind] for kind in kinds)
+    sizes = [len(blocks[kind]) for kind in kinds]
+    wire = body + b".\r\n"
+    assert receive(wire, sizes) == reference(wire)

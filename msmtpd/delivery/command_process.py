@@ -24,9 +24,25 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import time
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
+
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
+if TYPE_CHECKING:
+    import signal
+    from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
+
+    Environment = Dict[bytes, bytes]
+
+    class Interrupt(Protocol):
+        """The worker, seen from a running command: ``wake_fd`` becomes
+        readable on a signal; ``interrupted`` says why the command must end
+        now (the stop's grace time ran out), or None."""
+
+        wake_fd: int
+
+        def interrupted(self) -> Optional[str]: ...
+else:
+    import _signal as signal  # the C module: signal wraps it in enums (enum: some 2 ms)
 
 # How much of the command's standard error is kept for the log.
 STDERR_KEEP = 4096
@@ -49,20 +65,9 @@ FIRST_INHERITABLE_FD = 3  # 0, 1 and 2 are replaced in the command anyway
 # The wait status of a child someone else reaped (SIGCHLD ignored): unknown.
 LOST_STATUS = -1
 
-Environment = Dict[bytes, bytes]
 _sealed_pid = 0  # the process whose inherited descriptors are close-on-exec
 _environment: Tuple[int, Environment] = (0, {})
 _devnull = -1
-
-
-class Interrupt(Protocol):
-    """The worker, seen from a running command: ``wake_fd`` becomes
-    readable on a signal; ``interrupted`` says why the command must end
-    now (the stop's grace time ran out), or None."""
-
-    wake_fd: int
-
-    def interrupted(self) -> Optional[str]: ...
 
 
 class TimedOut(Exception):

@@ -31,13 +31,14 @@ import time
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from msmtpd.base.logger import ERROR, INFO, log
-from msmtpd.delivery.pipe_command import Interrupt, Outcome, PipeCommand, deliver, summarise_stderr
+from msmtpd.delivery.pipe_command import Outcome, PipeCommand, deliver, summarise_stderr
 from msmtpd.delivery.queue_decision import DEFER, REMOVE, Decision, MailState, decide
 from msmtpd.delivery.queue_envelope import QueuedEnvelope
 from msmtpd.delivery.queue_store import Queue
 from msmtpd.smtp import replies
 
 if TYPE_CHECKING:
+    from msmtpd.delivery.pipe_command import Interrupt
     from msmtpd.smtp.replies import Reply
 
 # The mail arrived a moment ago: its first try never outlives --queue-lifetime.

@@ -10,9 +10,7 @@ the recipients as ``"$@"``, so no address is ever interpreted by a shell.
 
 from __future__ import annotations
 
-import signal
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 from msmtpd.base.config import DEFAULT_COMMAND
 from msmtpd.base.logger import ERROR, INFO, log
@@ -24,14 +22,20 @@ from msmtpd.delivery.command_process import (
     TimedOut,
     command_environment,
 )
-from msmtpd.delivery.command_process import Interrupt as Interrupt  # the session's and queue's name
 from msmtpd.smtp import replies
 from msmtpd.smtp.replies import Reply, reply_text
 from msmtpd.smtp.session_parts import shown_recipients
 
+TYPE_CHECKING = False  # typing costs an --inetd session about 4 ms; annotations are strings
 if TYPE_CHECKING:
+    import signal
+    from typing import Any, Optional, Sequence
+
+    from msmtpd.delivery.command_process import Interrupt as Interrupt  # the session's and queue's name
     from msmtpd.smtp.message import Spool
     from msmtpd.smtp.session import Envelope
+else:
+    import _signal as signal  # the C module: signal wraps it in enums (enum: some 2 ms)
 
 
 NULL_SENDER = "MAILER-DAEMON"
@@ -46,13 +50,21 @@ SHELL_SIGNALLED = 128
 SHELL_SYNTAX = frozenset(";&|<>()$`\\\"'*?[]{}~#!\n")
 
 
-class Outcome(NamedTuple):
-    """What became of one delivery: the SMTP reply and what to log."""
+class Outcome:
+    """What became of one delivery: the SMTP reply and what to log.  (A
+    plain class: a NamedTuple would import typing into every session.)"""
 
-    reply: Reply
-    status: str  # "exit status 0", "signal 9", "timeout after 300 s", ...
-    stderr: str
-    seconds: float
+    __slots__ = ("reply", "status", "stderr", "seconds")
+
+    def __init__(self, reply: Reply, status: str, stderr: str, seconds: float) -> None:
+        self.reply = reply
+        self.status = status  # "exit status 0", "signal 9", "timeout after 300 s", ...
+        self.stderr = stderr
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return (f"Outcome(reply={self.reply!r}, status={self.status!r}, "
+                f"stderr={self.stderr!r}, seconds={self.seconds!r})")
 
     @property
     def delivered(self) -> bool:
@@ -193,6 +205,8 @@ def _judge(returncode: int, stderr: str, seconds: float) -> Outcome:
 
 
 def _signal_name(number: int) -> str:
+    import signal  # only for a command killed by a signal
+
     try:
         return signal.Signals(number).name
     except ValueError:

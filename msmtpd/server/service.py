@@ -7,7 +7,7 @@ import _socket  # not socket (enum, selectors): an --inetd session needs only ge
 
 from msmtpd.base.config import Config, ConfigError
 from msmtpd.base.logger import log
-from msmtpd.delivery.pipe_command import Deliverer, Interrupt, PipeCommand
+from msmtpd.delivery.pipe_command import Deliverer, PipeCommand
 from msmtpd.net.connection import Connection
 from msmtpd.net.peer import Peer
 from msmtpd.smtp.session import Session, Settings
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import logging
     from typing import Any, Optional
 
+    from msmtpd.delivery.pipe_command import Interrupt
     from msmtpd.policy.allow_list import AllowList
     from msmtpd.smtp.session_parts import Deliver
 

@@ -16,9 +16,12 @@ from tests.helpers import Server, children, wait_until
 
 CONVERSATION = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
 # What only AUTH, TLS, a large message, --queue, --metrics, --log,
-# --log-format=json or --proxy-protocol need (and socket, whose enum classes
-# the connection layer does without: it uses _socket).
+# --log-format=json or --proxy-protocol need (and socket and signal, whose
+# enum classes the code does without: it uses _socket and _signal; typing,
+# needed by mypy alone; re, which only chunks past 64 KiB use; subprocess
+# and its threading and selectors: the command starts with posix_spawn).
 NOT_FOR_A_PLAIN_SESSION = ("logging", "socket", "ssl", "base64", "hmac", "tempfile", "ipaddress",
+                           "typing", "re", "enum", "signal", "subprocess", "threading", "selectors",
                            "json", "msmtpd.base.metrics", "msmtpd.base.json_log",
                            "msmtpd.delivery.queue_store",
                            "msmtpd.net.proxy_header", "msmtpd.net.tls_context")

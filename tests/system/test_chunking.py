@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -138,6 +139,31 @@ def test_a_client_that_vanishes_mid_chunk_delivers_nothing(tmp_path: Path) -> No
         assert client.command(bdat(b"first\r\n")).startswith(b"250 2.0.0 7 octets")
         client.close()
         wait_for_log(log, "client disconnected", count=3)
+    assert delivered(maildir) == []
+
+
+def reset_after(client: object, data: bytes) -> None:
+    """Send ``data``, then vanish with a reset (SO_LINGER 0), as a client
+    does that closes with replies unread: the server's next read fails
+    with ECONNRESET rather than seeing an end of file."""
+    sock = client.sock  # type: ignore[attr-defined]
+    sock.sendall(data)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_client_reset_mid_chunk_or_mid_data_delivers_nothing_and_says_so(tmp_path: Path) -> None:
+    """A reset is a disconnection like any other: the log says nothing was
+    delivered (not only "connection lost"), for BDAT and for DATA."""
+    maildir, log = tmp_path / "maildir", tmp_path / "msmtpd.log"
+    with Server([f"--command={maildir_command(maildir)}", f"--log={log}"]) as server:
+        client = start_session(server.port, through_rcpt=True)
+        reset_after(client, b"BDAT 100 LAST\r\nonly part")
+        wait_for_log(log, "client disconnected during BDAT; nothing delivered")
+        client = start_session(server.port, through_rcpt=True)
+        assert client.command(b"DATA\r\n").startswith(b"354")
+        reset_after(client, b"Subject: half\r\n\r\nhalf a mail\r\n")
+        wait_for_log(log, "client disconnected during DATA; nothing delivered")
     assert delivered(maildir) == []
 
 

@@ -32,6 +32,11 @@ There is NO WARRANTY, to the extent permitted by law.
 HELP_COLUMN = 22
 
 
+# What systemd (or a supervisor speaking its protocol) sets: socket
+# activation's descriptors and the readiness socket.  Without them and
+# without --inetd, msmtpd.system.systemd has nothing to do before bind.
+SYSTEMD_VARIABLES = frozenset({"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"})
+
 def _help_lines(option: Option) -> Iterator[str]:
     spelling = option.name if option.value is None else f"{option.name}={option.value}"
     lines = list(option.help)
@@ -223,12 +228,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from msmtpd.net.tls_context import load_context
 
             tls_context = load_context(config.tls_cert, config.tls_key)
-        from msmtpd.system import systemd
+        sockets = []
+        if config.inetd or not SYSTEMD_VARIABLES.isdisjoint(os.environ):
+            # Loaded only when it has something to do: the port listens sooner.
+            from msmtpd.system import systemd
 
-        systemd.take_notify_socket()
-        sockets = systemd.listen_fds()  # socket activation (Accept=no): serve these with the pool
-        if config.inetd and not sockets and systemd.is_listening_socket(0):
-            sockets = [systemd.take_stdin_listener()]  # inetd's "wait = yes": the same
+            systemd.take_notify_socket()
+            sockets = systemd.listen_fds()  # socket activation (Accept=no): serve these with the pool
+            if config.inetd and not sockets and systemd.is_listening_socket(0):
+                sockets = [systemd.take_stdin_listener()]  # inetd's "wait = yes": the same
         if config.idle_exit is not None and not sockets:
             raise UsageError("--idle-exit needs listening sockets from systemd (LISTEN_FDS)"
                              " or inetd (wait = yes)")

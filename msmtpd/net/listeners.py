@@ -11,7 +11,6 @@ import _socket
 import os
 
 from msmtpd.base.config import Config, ConfigError, is_unix_path
-from msmtpd.base.logger import log
 
 TYPE_CHECKING = False  # typing costs about 3 ms before the port listens; annotations are strings
 if TYPE_CHECKING:
@@ -110,6 +109,8 @@ def warn_if_open(config: Config, sockets: List[socket.socket]) -> None:
     restricts who may send."""
     if config.auth_user is not None or config.auth_file is not None or config.allow:
         return
+    from msmtpd.base.logger import log  # after bind: the port listens without it
+
     for where in reachable_from_outside(sockets):
         log.warning("anyone who can reach %s can send mail through msmtpd:"
                     " use --allow, --auth or --auth-file to restrict it", where,

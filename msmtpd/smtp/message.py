@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 
 END_OF_DATA = b"\r\n.\r\n"
 CR, LF, DOT = b"\r\n."
-# No line is buffered whole any more, however long: DATA is converted as it
-# arrives, holding back two octets at most.  A line this long still counts
-# as a long one for the tests of lines that span many chunks.
-MAX_BUFFERED_LINE = 1024 * 1024
 # Messages up to this size stay in memory; larger ones go to a temporary file.
 SPOOL_MEMORY_LIMIT = 1024 * 1024
 # Texts shorter than this are searched with bytes methods alone: the

@@ -241,15 +241,15 @@ class FakeAuth:
 
 class Knobs(NamedTuple):
     """Implementation limits shrunk so that small inputs reach the code
-    paths of huge ones: long DATA lines stored in pieces, spools rolled
-    over to a temporary file."""
+    paths of huge ones: DATA searched with the regular expressions of large
+    chunks, spools rolled over to a temporary file."""
 
-    buffered_line: int
+    regex_worthwhile: int
     memory_limit: int
 
 
-DEFAULT_KNOBS = Knobs(message.MAX_BUFFERED_LINE, message.SPOOL_MEMORY_LIMIT)
-knobs_strategy = st.builds(Knobs, st.sampled_from([message.MAX_BUFFERED_LINE, 8, 61]),
+DEFAULT_KNOBS = Knobs(message.REGEX_WORTHWHILE, message.SPOOL_MEMORY_LIMIT)
+knobs_strategy = st.builds(Knobs, st.sampled_from([message.REGEX_WORTHWHILE, 0, 61]),
                            st.sampled_from([message.SPOOL_MEMORY_LIMIT, 0, 200]))
 
 
@@ -274,7 +274,7 @@ def run_session(data: bytes, sizes: Sequence[int] = (), end: str = "eof",
         return Spool(max_size, directory, memory_limit=knobs.memory_limit)
 
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(message, "MAX_BUFFERED_LINE", knobs.buffered_line))
+        stack.enter_context(mock.patch.object(message, "REGEX_WORTHWHILE", knobs.regex_worthwhile))
         stack.enter_context(mock.patch.object(transaction_verbs, "Spool", small_spool))
         stack.enter_context(time_limit(RUN_SECONDS))
         connection = in_memory(wire.recv, out, chunk_size=reader_chunk)

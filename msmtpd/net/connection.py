@@ -254,6 +254,13 @@ class Connection(LineReader):
                 data = self.transport.recv(size)
             except (BlockingIOError, InterruptedError):
                 continue
+            except ConnectionResetError:
+                if self._data_started is None:
+                    raise
+                # A client that closes with replies unread sends a reset: in
+                # DATA or a BDAT chunk that is the end of its input like any
+                # other, and the session says nothing was delivered.
+                data = b""
             if self._data_started is not None:
                 self._data_octets += len(data)
                 if data and self.timeout is not None and self._clock() >= self._rate_deadline():

@@ -97,11 +97,7 @@ class ChunkingVerbs(TransactionVerbs):
             message = ChunkedMessage(Spool(self.settings.max_size, self.settings.spool_dir))
             message.spool.write(self._received_header(envelope), counted=False)
             envelope.chunks = message
-        try:
-            received = self.connection.receive_octets(size, message.add)
-        except ConnectionResetError:  # gone with a reset (replies unread): gone all the same
-            received = -1
-        if received < size:
+        if self.connection.receive_octets(size, message.add) < size:
             log.info("%s: client disconnected during BDAT; nothing delivered", self.who,
                      event="session_end", peer=self.who, reason="disconnected_in_data")
             raise Closed()

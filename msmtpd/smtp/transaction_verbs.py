@@ -141,11 +141,7 @@ class TransactionVerbs(SessionState):
         self.connection.begin_data()
         try:
             spool.write(self._received_header(envelope), counted=False)
-            try:
-                complete = receive_data(self.connection, spool, after_crlf=self.after_crlf)
-            except ConnectionResetError:  # gone with a reset (replies unread): gone all the same
-                complete = False
-            if not complete:
+            if not receive_data(self.connection, spool, after_crlf=self.after_crlf):
                 log.info("%s: client disconnected during DATA; nothing delivered",
                          self.who, event="session_end", peer=self.who,
                          reason="disconnected_in_data")
